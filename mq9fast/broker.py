@@ -1,0 +1,107 @@
+"""The broker process: storage, the mq9 services, the NATS server and the HTTP side port.
+
+``Broker(config).run()`` is what ``mq9fast serve`` runs.  Start order: LMDB store -> services
+(mailbox, registry) -> control layer -> NATS listener -> HTTP side port.  SIGTERM/SIGINT: stop
+accepting, let in-flight group commits finish, flush pending output, close clients, close the
+services and the store; exit status 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+from typing import Any
+
+from .config import Config
+from .control import Control
+from .server import Server
+from .storage import Store
+
+log = logging.getLogger("mq9fast")
+
+
+def _service(module: str, cls: str) -> Any:
+    """The service class, or None while that part of the broker is not built yet."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+    return getattr(mod, cls, None)
+
+
+class Broker:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store: Store | None = None
+        self.mailbox: Any = None
+        self.registry: Any = None
+        self.control: Control | None = None
+        self.server: Server | None = None
+        self.http: Any = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        self.store = Store(os.path.abspath(cfg.data_dir), map_size=cfg.map_size, fsync=cfg.fsync,
+                           fsync_interval_ms=cfg.fsync_interval_ms)
+        self.store.start(loop)
+        mailbox_cls = _service("mq9fast.mailbox", "MailboxService")
+        registry_cls = _service("mq9fast.registry", "Registry")
+        if mailbox_cls is not None:
+            self.mailbox = mailbox_cls(self.store, cfg)
+            await self.mailbox.start()
+        if registry_cls is not None:
+            self.registry = registry_cls(self.store, cfg)
+            await self.registry.start()
+        self.control = Control(self.mailbox, self.registry)
+        self.server = Server(cfg, self.control)
+        await self.server.start()
+        if cfg.http_port:
+            http_cls = _service("mq9fast.http", "HttpSidePort")
+            if http_cls is not None:
+                self.http = http_cls(self)
+                await self.http.start()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        log.info("shutting down")
+        if self.http is not None:
+            await self.http.stop()
+        if self.server is not None:
+            await self.server.stop_accepting()
+        if self.store is not None:
+            await self.store.drain()
+        if self.server is not None:
+            await self.server.close_clients()
+        for svc in (self.registry, self.mailbox):
+            if svc is not None:
+                await svc.close()
+        if self.store is not None:
+            await self.store.drain()
+            self.store.close()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        log.info("mq9fast ready: nats://%s:%d (data in %s, fsync=%s)", self.config.host,
+                 self.server.port, self.config.data_dir, self.config.fsync)
+        await self._stop.wait()
+        await self.stop()
+        return 0
+
+
+def run(config: Config) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(Broker(config).run())
+    return uvloop.run(Broker(config).run())

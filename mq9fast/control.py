@@ -1,0 +1,148 @@
+"""The mq9 control layer: turns an intercepted ``$mq9.AI.*`` publish into a service call.
+
+The NATS core hands every publish whose subject is ``$mq9.AI`` or starts with ``$mq9.AI.`` to
+``Control.dispatch`` and never routes it to subscribers (PROTOCOL.md §2.1, DESIGN.md §3.2).
+
+A service method returns the reply - a ``dict`` (encoded here as compact JSON) or ``bytes`` (an
+already encoded JSON object) - or an awaitable of one.  Raising ``Mq9Error(text)`` produces
+``{"error": text}``; any other exception is logged and answered with ``internal error``.  The
+caller (the server) delivers the reply only to the requesting connection.
+
+Services (constructed by ``broker.Broker``):
+
+* ``mailbox``  - ``create(payload)``, ``send(addr, headers, payload)``, ``fetch(addr, payload)``,
+  ``ack(addr, payload)``, ``query(addr, payload)``, ``delete(addr, msg_id_token)``
+* ``registry`` - ``register(payload)``, ``unregister(payload)``, ``report(payload)``,
+  ``discover(payload)``
+
+``headers`` is the raw NATS header block (bytes, ``NATS/1.0...\\r\\n\\r\\n``) or ``None``.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from typing import Any, Awaitable, Callable, Union
+
+log = logging.getLogger("mq9fast.control")
+
+PREFIX = "$mq9.AI"
+Reply = Union[dict, bytes]
+
+
+class Mq9Error(Exception):
+    """An application error: travels to the client as ``{"error": "<text>"}``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def is_command(subject: bytes) -> bool:
+    """True for ``$mq9.AI`` and ``$mq9.AI.<anything>``."""
+    return subject.startswith(b"$mq9.AI") and (len(subject) == 7 or subject[7:8] == b".")
+
+
+def encode_reply(reply: Reply) -> bytes:
+    if isinstance(reply, (bytes, bytearray, memoryview)):
+        return bytes(reply)
+    return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def error_reply(text: str) -> bytes:
+    return encode_reply({"error": text})
+
+
+class Control:
+    """Parses the command subject and calls the matching service method."""
+
+    def __init__(self, mailbox: Any = None, registry: Any = None) -> None:
+        self.mailbox = mailbox
+        self.registry = registry
+        # command counters by (command, outcome) - read by metrics
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def _route(self, subject: str, headers: bytes | None, payload: bytes
+               ) -> tuple[str, Callable[[], Reply | Awaitable[Reply]]]:
+        """Return (command name, thunk) for ``subject`` or raise Mq9Error for unknown subjects."""
+        tokens = subject.split(".")
+        # tokens[0:2] == ["$mq9", "AI"]
+        rest = tokens[2:]
+        mb, reg = self.mailbox, self.registry
+        if len(rest) == 2 and rest[0] == "MAILBOX" and rest[1] == "CREATE" and mb is not None:
+            return "MAILBOX.CREATE", lambda: mb.create(payload)
+        if len(rest) >= 3 and rest[0] == "MSG" and mb is not None and all(rest[2:]):
+            op = rest[1]
+            addr = ".".join(rest[2:])
+            if op == "SEND":
+                return "MSG.SEND", lambda: mb.send(addr, headers, payload)
+            if op == "FETCH":
+                return "MSG.FETCH", lambda: mb.fetch(addr, payload)
+            if op == "ACK":
+                return "MSG.ACK", lambda: mb.ack(addr, payload)
+            if op == "QUERY":
+                return "MSG.QUERY", lambda: mb.query(addr, payload)
+            if op == "DELETE" and len(rest) >= 4:
+                addr = ".".join(rest[2:-1])
+                token = rest[-1]
+                return "MSG.DELETE", lambda: mb.delete(addr, token)
+        if len(rest) == 2 and rest[0] == "AGENT" and reg is not None:
+            op = rest[1]
+            if op == "REGISTER":
+                return "AGENT.REGISTER", lambda: reg.register(payload)
+            if op == "UNREGISTER":
+                return "AGENT.UNREGISTER", lambda: reg.unregister(payload)
+            if op == "REPORT":
+                return "AGENT.REPORT", lambda: reg.report(payload)
+            if op == "DISCOVER":
+                return "AGENT.DISCOVER", lambda: reg.discover(payload)
+        raise Mq9Error(f"unrecognized mq9 subject: {subject}")
+
+    def dispatch(self, subject: bytes, headers: bytes | None, payload: bytes,
+                 respond: Callable[[bytes], None]) -> None:
+        """Run the command; call ``respond(json_bytes)`` exactly once with the reply."""
+        name = "unknown"
+        try:
+            name, thunk = self._route(subject.decode("utf-8", "replace"), headers, payload)
+            result = thunk()
+        except Mq9Error as exc:
+            self._count(name, "error")
+            respond(error_reply(exc.text))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the connection
+            log.exception("mq9 command %s failed", name)
+            self._count(name, "internal")
+            respond(error_reply(f"internal error: {exc}"))
+            return
+        if inspect.isawaitable(result):
+            import asyncio
+
+            fut = asyncio.ensure_future(result)
+            fut.add_done_callback(lambda f: self._finish(name, f, respond))
+        else:
+            self._respond(name, result, respond)
+
+    def _finish(self, name: str, fut, respond: Callable[[bytes], None]) -> None:
+        if fut.cancelled():
+            self._count(name, "cancelled")
+            return
+        exc = fut.exception()
+        if exc is None:
+            self._respond(name, fut.result(), respond)
+        elif isinstance(exc, Mq9Error):
+            self._count(name, "error")
+            respond(error_reply(exc.text))
+        else:
+            log.error("mq9 command %s failed", name, exc_info=exc)
+            self._count(name, "internal")
+            respond(error_reply(f"internal error: {exc}"))
+
+    def _respond(self, name: str, result: Reply, respond: Callable[[bytes], None]) -> None:
+        data = encode_reply(result)
+        ok = not (isinstance(result, dict) and result.get("error"))
+        self._count(name, "ok" if ok else "error")
+        respond(data)
+
+    def _count(self, name: str, outcome: str) -> None:
+        key = (name, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
