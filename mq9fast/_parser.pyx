@@ -188,7 +188,7 @@ cdef class Parser:
             nlp = <const unsigned char*>memchr(buf + pos, LF, n - pos)
             if nlp == NULL:
                 limit = self.max_connect_line if _starts_long(buf + pos, n - pos) else self.max_control_line
-                if n - pos > limit:
+                if n - pos > limit + 1:  # +1: the CR of a line exactly at the limit
                     return self._fail(frames, ERR_CONTROL_LINE)
                 self._line = data[pos:]
                 break

@@ -108,7 +108,7 @@ class Parser:
             if nl < 0:
                 rest = n - pos
                 limit = self.max_connect_line if self._is_long_op(data, pos) else self.max_control_line
-                if rest > limit:
+                if rest > limit + 1:  # +1: the CR of a line exactly at the limit
                     return self._fail(frames, ERR_CONTROL_LINE)
                 self._line = data[pos:]
                 break

@@ -142,16 +142,16 @@ class Client(asyncio.Protocol):
                 if not self.authed:
                     return self.fatal("Authorization Violation")
                 self.msgs_in += 1
-                server.publish(self, frame[1], frame[2], 0, frame[3])
-                if self.verbose:
+                if self.verbose:  # as nats-server: +OK before the deliveries
                     self.send(OK)
+                server.publish(self, frame[1], frame[2], 0, frame[3])
             elif op == OP_HPUB:
                 if not self.authed:
                     return self.fatal("Authorization Violation")
                 self.msgs_in += 1
-                server.publish(self, frame[1], frame[2], frame[3], frame[4])
                 if self.verbose:
                     self.send(OK)
+                server.publish(self, frame[1], frame[2], frame[3], frame[4])
             elif op == OP_SUB:
                 if not self.authed:
                     return self.fatal("Authorization Violation")
