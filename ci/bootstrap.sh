@@ -31,4 +31,5 @@ fi
 target="."
 [ -n "$extras" ] && target=".[$extras]"
 "$venv/bin/python" -m pip install -q "$target"
-"$venv/bin/python" -c "import mq9fast._parser, mq9fast._router, mq9fast; print('mq9fast', mq9fast.__version__, 'installed in $venv (compiled core OK)')"
+venv_py="$(cd "$venv" && pwd)/bin/python"
+(cd / && "$venv_py" -c "import mq9fast._parser, mq9fast._router, mq9fast; print('mq9fast', mq9fast.__version__, 'installed in $venv (compiled core OK)')")
