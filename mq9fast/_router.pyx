@@ -53,9 +53,6 @@ def subject_matches(bytes pattern, bytes subject):
 
 
 cdef class Match:
-    cdef public list psubs
-    cdef public list qgroups
-
     def __init__(self, list psubs, list qgroups):
         self.psubs = psubs
         self.qgroups = qgroups
@@ -65,12 +62,6 @@ cdef class Match:
 
 
 cdef class _Node:
-    cdef dict children
-    cdef _Node pwc
-    cdef _Node fwc
-    cdef list psubs
-    cdef dict qsubs
-
     def __cinit__(self):
         self.children = {}
         self.pwc = None
@@ -84,11 +75,6 @@ cdef class _Node:
 
 
 cdef class Router:
-    cdef _Node _root
-    cdef dict _cache
-    cdef unsigned long _rr
-    cdef public Py_ssize_t count
-
     def __cinit__(self):
         self._root = _Node()
         self._cache = {}

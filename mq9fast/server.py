@@ -18,24 +18,34 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import socket
 import string
 import time
 
 from . import __version__
-from .control import Control, is_command
+from .control import Control
 
-try:  # the compiled hot paths; the pure-Python twins are the fallback (and the reference)
-    from ._parser import OP_CONNECT, OP_HPUB, OP_PING, OP_PONG, OP_PROTO_ERROR, OP_PUB, OP_SUB, OP_UNSUB
-    from ._parser import Parser
-    from ._router import Router, valid_subject
-    COMPILED = True
-except ImportError:  # pragma: no cover - only when the extensions were not built
-    from .parser_py import OP_CONNECT, OP_HPUB, OP_PING, OP_PONG, OP_PROTO_ERROR, OP_PUB, OP_SUB, OP_UNSUB
-    from .parser_py import Parser
-    from .router_py import Router, valid_subject
+if os.environ.get("MQ9FAST_PURE_PYTHON"):  # run on the pure-Python twins (tests, debugging)
+    from . import deliver_py as _deliver
+    from . import parser_py as _parser
+    from . import router_py as _router
     COMPILED = False
+else:
+    from . import _deliver, _parser, _router
+    COMPILED = True
+
+Parser = _parser.Parser
+Router = _router.Router
+valid_subject = _router.valid_subject
+Conn, Sub = _deliver.Conn, _deliver.Sub
+route_frames = _deliver.route_frames
+deliver_to_subject = _deliver.deliver_to_subject
+remove_sub = _deliver.remove_sub
+OP_PUB, OP_HPUB, OP_SUB, OP_UNSUB = _parser.OP_PUB, _parser.OP_HPUB, _parser.OP_SUB, _parser.OP_UNSUB
+OP_PING, OP_PONG, OP_CONNECT, OP_PROTO_ERROR = (_parser.OP_PING, _parser.OP_PONG, _parser.OP_CONNECT,
+                                                _parser.OP_PROTO_ERROR)
 
 log = logging.getLogger("mq9fast.server")
 
@@ -44,7 +54,6 @@ CRLF = b"\r\n"
 PING = b"PING\r\n"
 PONG = b"PONG\r\n"
 OK = b"+OK\r\n"
-NO_RESPONDERS_HDR = b"NATS/1.0 503\r\n\r\n"
 AUTH_TIMEOUT = 2.0
 
 
@@ -58,47 +67,41 @@ FATAL = {"Unknown Protocol Operation", "Parser Error", "Authorization Violation"
          "Slow Consumer", "Authentication Timeout"}
 
 
-class Subscription:
-    __slots__ = ("client", "sid", "subject", "queue", "max", "delivered")
-
-    def __init__(self, client: "Client", sid: bytes, subject: bytes, queue: bytes | None) -> None:
-        self.client = client
-        self.sid = sid
-        self.subject = subject
-        self.queue = queue
-        self.max = 0          # UNSUB <sid> <max>: remove after this many deliveries (0 = no limit)
-        self.delivered = 0
-
-
 class Client(asyncio.Protocol):
-    __slots__ = ("server", "cid", "transport", "parser", "subs", "out", "dirty", "verbose",
-                 "echo", "headers", "no_responders", "connected", "authed", "pings_out",
-                 "last_in", "closed", "peer", "name", "lang", "version", "auth_timer",
-                 "msgs_in", "msgs_out", "bytes_in", "bytes_out", "start")
+    """One NATS connection: the session layer (handshake, auth, SUB/UNSUB, keep-alive).
+
+    Per-connection delivery state (output buffer, flags, subscriptions) lives in ``self.core``,
+    a ``Conn`` of the compiled delivery module, so the publish hot path never touches Python
+    attributes.
+    """
+
+    __slots__ = ("server", "cid", "core", "transport", "parser", "connected", "pings_out",
+                 "last_in", "peer", "name", "lang", "version", "auth_timer", "bytes_in", "start")
 
     def __init__(self, server: "Server") -> None:
         self.server = server
         cfg = server.config
         self.cid = server.next_cid()
+        self.core = Conn(self, server.dirty)
+        self.core.authed = not cfg.auth_required
         self.transport: asyncio.Transport | None = None
         self.parser = Parser(max_control_line=cfg.max_control_line, max_payload=cfg.max_payload)
-        self.subs: dict[bytes, Subscription] = {}
-        self.out = bytearray()
-        self.dirty = False
-        self.verbose = False
-        self.echo = True
-        self.headers = False
-        self.no_responders = False
         self.connected = False     # CONNECT seen
-        self.authed = not cfg.auth_required
         self.pings_out = 0
         self.last_in = time.monotonic()
-        self.closed = False
         self.peer = ("", 0)
         self.name = self.lang = self.version = ""
         self.auth_timer: asyncio.TimerHandle | None = None
-        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
+        self.bytes_in = 0
         self.start = time.time()
+
+    @property
+    def closed(self) -> bool:
+        return self.core.closed
+
+    @property
+    def subs(self) -> dict:
+        return self.core.subs
 
     # -- asyncio callbacks ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -116,73 +119,79 @@ class Client(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.server.config.max_pending * 2)
         self.server.clients[self.cid] = self
         transport.write(self.server.info_line(self))
-        if not self.authed:
+        if not self.core.authed:
             self.auth_timer = self.server.loop.call_later(AUTH_TIMEOUT, self._auth_timeout)
 
     def _auth_timeout(self) -> None:
-        if not self.connected and not self.closed:
+        if not self.connected and not self.core.closed:
             self.fatal("Authentication Timeout")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.core.closed = True
         if self.auth_timer is not None:
             self.auth_timer.cancel()
         self.server.drop_client(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        core = self.core
+        if core.closed:
             return
         self.last_in = time.monotonic()
         self.pings_out = 0
         self.bytes_in += len(data)
-        server = self.server
-        for frame in self.parser.feed(data):
-            op = frame[0]
-            if op == OP_PUB:
-                if not self.authed:
-                    return self.fatal("Authorization Violation")
-                self.msgs_in += 1
-                if self.verbose:  # as nats-server: +OK before the deliveries
-                    self.send(OK)
-                server.publish(self, frame[1], frame[2], 0, frame[3])
-            elif op == OP_HPUB:
-                if not self.authed:
-                    return self.fatal("Authorization Violation")
-                self.msgs_in += 1
-                if self.verbose:
-                    self.send(OK)
-                server.publish(self, frame[1], frame[2], frame[3], frame[4])
-            elif op == OP_SUB:
-                if not self.authed:
-                    return self.fatal("Authorization Violation")
-                self._sub(frame[1], frame[2], frame[3])
-            elif op == OP_UNSUB:
-                if not self.authed:
-                    return self.fatal("Authorization Violation")
-                self._unsub(frame[1], frame[2])
-            elif op == OP_PING:
-                self.send(PONG)
-            elif op == OP_PONG:
-                pass
-            elif op == OP_CONNECT:
-                if not self._connect(frame[1]):
-                    return
-            elif op == OP_PROTO_ERROR:
-                return self.fatal(frame[1])
-            # +OK, -ERR and INFO from a client are ignored
-            if self.closed:
-                return
+        frames = self.parser.feed(data)
+        router = self.server.router
+        i, n = 0, len(frames)
+        while i < n:
+            i = route_frames(frames, i, core, router)  # plain publishes, compiled
+            if i < n:
+                self._frame(frames[i])
+                if core.closed:
+                    break
+                i += 1
+        self.server.schedule_flush()
+
+    def _frame(self, frame: tuple) -> None:
+        """Everything the delivery fast path does not handle."""
+        op = frame[0]
+        core = self.core
+        if op == OP_PING:
+            core.write(PONG)
+        elif op == OP_PONG:
+            pass
+        elif op == OP_CONNECT:
+            self._connect(frame[1])
+        elif op == OP_PROTO_ERROR:
+            self.fatal(frame[1])
+        elif op in (OP_PUB, OP_HPUB, OP_SUB, OP_UNSUB) and not core.authed:
+            self.fatal("Authorization Violation")
+        elif op == OP_PUB:  # an mq9 command
+            core.msgs_in += 1
+            if core.verbose:
+                core.write(OK)
+            self.server.command(self, frame[1], frame[2], 0, frame[3])
+        elif op == OP_HPUB:
+            core.msgs_in += 1
+            if core.verbose:
+                core.write(OK)
+            self.server.command(self, frame[1], frame[2], frame[3], frame[4])
+        elif op == OP_SUB:
+            self._sub(frame[1], frame[2], frame[3])
+        elif op == OP_UNSUB:
+            self._unsub(frame[1], frame[2])
+        # +OK, -ERR and INFO from a client are ignored
 
     # -- protocol operations --------------------------------------------------------------------
-    def _connect(self, raw: bytes) -> bool:
+    def _connect(self, raw: bytes) -> None:
         try:
             opts = json.loads(raw) if raw else {}
             if not isinstance(opts, dict):
                 raise ValueError
         except ValueError:
             self.fatal("Parser Error")
-            return False
+            return
         cfg = self.server.config
+        core = self.core
         if cfg.auth_required:
             ok = False
             if cfg.auth_token is not None and opts.get("auth_token") == cfg.auth_token:
@@ -191,121 +200,81 @@ class Client(asyncio.Protocol):
                 ok = True
             if not ok:
                 self.fatal("Authorization Violation")
-                return False
-            self.authed = True
+                return
+            core.authed = True
         self.connected = True
         if self.auth_timer is not None:
             self.auth_timer.cancel()
             self.auth_timer = None
-        self.verbose = bool(opts.get("verbose", False))
-        self.echo = bool(opts.get("echo", True))
-        self.headers = bool(opts.get("headers", False))
-        self.no_responders = bool(opts.get("no_responders", False)) and self.headers
+        core.verbose = bool(opts.get("verbose", False))
+        core.echo = bool(opts.get("echo", True))
+        core.headers = bool(opts.get("headers", False))
+        core.no_responders = bool(opts.get("no_responders", False)) and core.headers
         self.name = str(opts.get("name") or "")
         self.lang = str(opts.get("lang") or "")
         self.version = str(opts.get("version") or "")
-        if self.verbose:
-            self.send(OK)
-        return True
+        if core.verbose:
+            core.write(OK)
 
     def _sub(self, subject: bytes, queue: bytes | None, sid: bytes) -> None:
+        core = self.core
         if not valid_subject(subject) or (queue is not None and not valid_subject(queue, False)):
-            self.send(_err("Invalid Subject"))
+            core.write(_err("Invalid Subject"))
             return
-        old = self.subs.get(sid)
+        router = self.server.router
+        old = core.subs.get(sid)
         if old is not None:  # a re-used sid replaces the old subscription
-            self.server.router.remove(old)
-        sub = Subscription(self, sid, subject, queue)
-        self.subs[sid] = sub
-        self.server.router.insert(sub)
-        if self.verbose:
-            self.send(OK)
+            router.remove(old)
+        sub = Sub(core, sid, subject, queue)
+        core.subs[sid] = sub
+        router.insert(sub)
+        if core.verbose:
+            core.write(OK)
 
     def _unsub(self, sid: bytes, max_msgs: int | None) -> None:
-        sub = self.subs.get(sid)
+        core = self.core
+        sub = core.subs.get(sid)
         if sub is not None:
             if max_msgs and max_msgs > sub.delivered:
                 sub.max = max_msgs
             else:
-                self.remove_sub(sub)
-        if self.verbose:
-            self.send(OK)
-
-    def remove_sub(self, sub: Subscription) -> None:
-        if self.subs.get(sub.sid) is sub:
-            del self.subs[sub.sid]
-        self.server.router.remove(sub)
+                remove_sub(self.server.router, sub)
+        if core.verbose:
+            core.write(OK)
 
     # -- output ---------------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
         """Queue bytes for this tick's coalesced write."""
-        if self.closed:
-            return
-        self.out += data
-        if not self.dirty:
-            self.dirty = True
-            self.server.mark_dirty(self)
-
-    def deliver(self, sub: Subscription, subject: bytes, reply: bytes | None, hdr_len: int,
-                data: bytes) -> None:
-        """Queue one MSG/HMSG for ``sub`` (data = header block + payload when hdr_len > 0)."""
-        if self.closed:
-            return
-        out = self.out
-        if hdr_len and self.headers:
-            out += b"HMSG " + subject + b" " + sub.sid + b" "
-            if reply:
-                out += reply + b" "
-            out += b"%d %d\r\n" % (hdr_len, len(data))
-            out += data
-        else:
-            if hdr_len:  # the receiver did not ask for headers: strip them
-                data = data[hdr_len:]
-            out += b"MSG " + subject + b" " + sub.sid + b" "
-            if reply:
-                out += reply + b" "
-            out += b"%d\r\n" % len(data)
-            out += data
-        out += CRLF
-        self.msgs_out += 1
-        if not self.dirty:
-            self.dirty = True
-            self.server.mark_dirty(self)
-        sub.delivered += 1
-        if sub.max and sub.delivered >= sub.max:
-            self.remove_sub(sub)
+        self.core.write(data)
+        self.server.schedule_flush()
 
     def flush(self) -> None:
-        self.dirty = False
-        if self.closed or not self.out:
+        core = self.core
+        if core.closed or not core.pending():
+            core.dirty = False
             return
-        data = bytes(self.out)
-        self.out.clear()
-        self.bytes_out += len(data)
         t = self.transport
-        t.write(data)
+        t.write(core.take())
         if t.get_write_buffer_size() > self.server.config.max_pending:
             self.server.slow_consumers += 1
             log.warning("slow consumer: client %d (%s:%s) closed", self.cid, *self.peer)
             self.fatal("Slow Consumer")
 
     def fatal(self, text: str) -> None:
-        """Send -ERR and close (after flushing what is already queued)."""
-        if self.closed:
+        """Send -ERR and close (after what is already queued, unless it is the slow consumer)."""
+        core = self.core
+        if core.closed:
             return
         log.debug("client %d: -ERR %s", self.cid, text)
-        self.closed = True
         t = self.transport
         if text == "Slow Consumer":
-            try:
-                t.write(_err(text))
-            finally:
-                t.abort()
+            core.closed = True
+            t.write(_err(text))
+            t.abort()
             return
-        if self.out:
-            t.write(bytes(self.out))
-            self.out.clear()
-        t.write(_err(text))
+        pending = core.take() if core.pending() else b""
+        core.closed = True
+        t.write(pending + _err(text))
         t.close()
 
 
@@ -318,7 +287,7 @@ class Server:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server_id = "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(22))
         self._cid = 0
-        self._dirty: list[Client] = []
+        self.dirty: list = []       # Conn objects with queued output (see deliver_py)
         self._flush_scheduled = False
         self._servers: list[asyncio.AbstractServer] = []
         self._ping_task: asyncio.Task | None = None
@@ -377,7 +346,7 @@ class Server:
         self._flush()
         for client in list(self.clients.values()):
             if not client.closed:
-                client.closed = True
+                client.core.closed = True
                 client.transport.close()
         deadline = time.monotonic() + 5
         while self.clients and time.monotonic() < deadline:
@@ -390,59 +359,24 @@ class Server:
         client.subs.clear()
 
     # -- output coalescing ----------------------------------------------------------------------
-    def mark_dirty(self, client: Client) -> None:
-        self._dirty.append(client)
-        if not self._flush_scheduled:
+    def schedule_flush(self) -> None:
+        """Write every dirty connection's output once, at the end of this loop tick."""
+        if self.dirty and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for client in dirty:
-            client.flush()
+        dirty, self.dirty[:] = list(self.dirty), []
+        for core in dirty:
+            core.owner.flush()
 
     # -- routing --------------------------------------------------------------------------------
-    def publish(self, client: Client, subject: bytes, reply: bytes | None, hdr_len: int,
-                data: bytes) -> None:
-        """Route one PUB/HPUB (data = header block + payload when hdr_len > 0)."""
-        if subject.startswith(b"$mq9.AI") and is_command(subject):
-            self.command(client, subject, reply, hdr_len, data)
-            return
-        m = self.router.match(subject)
-        delivered = False
-        for sub in m.psubs:
-            c = sub.client
-            if c is client and not client.echo:
-                continue
-            c.deliver(sub, subject, reply, hdr_len, data)
-            delivered = True
-        for group in m.qgroups:
-            sub = self.router.pick(group)
-            if sub.client is client and not client.echo:
-                others = [s for s in group if s.client is not client]
-                if not others:
-                    continue
-                sub = others[0]
-            sub.client.deliver(sub, subject, reply, hdr_len, data)
-            delivered = True
-        if not delivered and reply and client.no_responders:
-            self.deliver_to_subject(reply, NO_RESPONDERS_HDR, len(NO_RESPONDERS_HDR))
-
     def deliver_to_subject(self, subject: bytes, data: bytes, hdr_len: int = 0,
                            only: Client | None = None) -> None:
         """Server-originated message to every match of ``subject`` (or only ``only``'s subs)."""
-        m = self.router.match(subject)
-        for sub in m.psubs:
-            if only is None or sub.client is only:
-                sub.client.deliver(sub, subject, None, hdr_len, data)
-        for group in m.qgroups:
-            if only is not None:
-                group = [s for s in group if s.client is only]
-                if not group:
-                    continue
-            sub = self.router.pick(group)
-            sub.client.deliver(sub, subject, None, hdr_len, data)
+        deliver_to_subject(self.router, subject, data, hdr_len, None if only is None else only.core)
+        self.schedule_flush()
 
     def command(self, client: Client, subject: bytes, reply: bytes | None, hdr_len: int,
                 data: bytes) -> None:
@@ -473,7 +407,8 @@ class Server:
                     client.fatal("Stale Connection")
                     continue
                 client.pings_out += 1
-                client.send(PING)
+                client.core.write(PING)
+            self.schedule_flush()
 
     # -- statistics -----------------------------------------------------------------------------
     def varz(self) -> dict:
@@ -486,10 +421,10 @@ class Server:
             "uptime_s": time.time() - self.started,
             "connections": len(clients),
             "subscriptions": self.router.count,
-            "in_msgs": sum(c.msgs_in for c in clients),
-            "out_msgs": sum(c.msgs_out for c in clients),
+            "in_msgs": sum(c.core.msgs_in for c in clients),
+            "out_msgs": sum(c.core.msgs_out for c in clients),
             "in_bytes": sum(c.bytes_in for c in clients),
-            "out_bytes": sum(c.bytes_out for c in clients),
+            "out_bytes": sum(c.core.bytes_out for c in clients),
             "slow_consumers": self.slow_consumers,
             "compiled": COMPILED,
         }

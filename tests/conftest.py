@@ -26,9 +26,10 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    def __init__(self, data_dir: Path, options: dict):
+    def __init__(self, data_dir: Path, options: dict, env: dict | None = None):
         self.data_dir = Path(data_dir)
         self.options = dict(options)
+        self.env = dict(env or {})
         self.port = self.options.pop("port", None) or free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = self.data_dir.parent / f"broker-{self.port}.log"
@@ -49,6 +50,7 @@ class BrokerProcess:
     def start(self, timeout: float = 30.0) -> "BrokerProcess":
         env = dict(os.environ)
         env.pop("MQ9FAST_CONFIG", None)
+        env.update(self.env)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args(), stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env, cwd=str(self.data_dir.parent))
@@ -118,6 +120,16 @@ def broker(broker_factory) -> BrokerProcess:
 @pytest.fixture(scope="module")
 def shared_broker(tmp_path_factory):
     b = BrokerProcess(tmp_path_factory.mktemp("shared") / "data", {})
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module", params=["compiled", "pure"])
+def core_broker(request, tmp_path_factory):
+    """A module-wide broker on the compiled hot paths, then one on their pure-Python twins."""
+    env = {"MQ9FAST_PURE_PYTHON": "1"} if request.param == "pure" else {}
+    b = BrokerProcess(tmp_path_factory.mktemp("core") / "data", {}, env)
     b.start()
     yield b
     b.stop()

@@ -25,8 +25,8 @@ async def nothing_more(sub, wait=0.2):
         await sub.next_msg(timeout=wait)
 
 
-async def test_pub_sub_and_wildcards(shared_broker):
-    nc = await connect(shared_broker)
+async def test_pub_sub_and_wildcards(core_broker):
+    nc = await connect(core_broker)
     lit = await nc.subscribe("w.a.b")
     star = await nc.subscribe("w.*.b")
     gt = await nc.subscribe("w.>")
@@ -42,9 +42,9 @@ async def test_pub_sub_and_wildcards(shared_broker):
     await nc.close()
 
 
-async def test_queue_group_delivers_each_message_once(shared_broker):
-    pub = await connect(shared_broker)
-    workers = [await connect(shared_broker) for _ in range(3)]
+async def test_queue_group_delivers_each_message_once(core_broker):
+    pub = await connect(core_broker)
+    workers = [await connect(core_broker) for _ in range(3)]
     seen: list[list[bytes]] = [[] for _ in workers]
     for i, w in enumerate(workers):
         async def cb(msg, i=i):
@@ -68,8 +68,8 @@ async def test_queue_group_delivers_each_message_once(shared_broker):
         await c.close()
 
 
-async def test_headers_pass_through(shared_broker):
-    nc = await connect(shared_broker)
+async def test_headers_pass_through(core_broker):
+    nc = await connect(core_broker)
     sub = await nc.subscribe("hdr.test")
     await nc.publish("hdr.test", b"body", headers={"X-One": "1", "x-two": "two words"})
     msg = await sub.next_msg(timeout=2)
@@ -78,9 +78,9 @@ async def test_headers_pass_through(shared_broker):
     await nc.close()
 
 
-async def test_request_reply_muxed_and_old_style(shared_broker):
-    responder = await connect(shared_broker)
-    requester = await connect(shared_broker)
+async def test_request_reply_muxed_and_old_style(core_broker):
+    responder = await connect(core_broker)
+    requester = await connect(core_broker)
 
     async def handle(msg):
         await msg.respond(b"re:" + msg.data)
@@ -97,15 +97,15 @@ async def test_request_reply_muxed_and_old_style(shared_broker):
     await requester.close()
 
 
-async def test_no_responders(shared_broker):
-    nc = await connect(shared_broker)
+async def test_no_responders(core_broker):
+    nc = await connect(core_broker)
     with pytest.raises(NoRespondersError):
         await nc.request("nobody.home", b"x", timeout=2)
     await nc.close()
 
 
-async def test_unsub_max(shared_broker):
-    nc = await connect(shared_broker)
+async def test_unsub_max(core_broker):
+    nc = await connect(core_broker)
     sub = await nc.subscribe("limited")
     await sub.unsubscribe(limit=3)
     for i in range(6):
@@ -133,9 +133,9 @@ async def test_large_payloads_up_to_max(broker_factory):
     await nc.close()
 
 
-async def test_echo_false(shared_broker):
-    quiet = await connect(shared_broker, no_echo=True)
-    other = await connect(shared_broker)
+async def test_echo_false(core_broker):
+    quiet = await connect(core_broker, no_echo=True)
+    other = await connect(core_broker)
     own = await quiet.subscribe("echo.t")
     theirs = await other.subscribe("echo.t")
     await quiet.flush()
@@ -149,11 +149,11 @@ async def test_echo_false(shared_broker):
     await other.close()
 
 
-async def test_mq9_commands_never_reach_subscribers(shared_broker):
-    spy = await connect(shared_broker)
+async def test_mq9_commands_never_reach_subscribers(core_broker):
+    spy = await connect(core_broker)
     everything = await spy.subscribe(">")
     await spy.flush()
-    nc = await connect(shared_broker)
+    nc = await connect(core_broker)
     r = await nc.request("$mq9.AI.NOT.A.COMMAND", b"{}", timeout=2)
     assert r.data.startswith(b'{"error":"unrecognized mq9 subject')
     await nc.publish("$mq9.AI.MAILBOX.CREATE", b"{}")
@@ -165,8 +165,8 @@ async def test_mq9_commands_never_reach_subscribers(shared_broker):
     await nc.close()
 
 
-async def test_many_subscribers_and_unsubscribe(shared_broker):
-    nc = await connect(shared_broker)
+async def test_many_subscribers_and_unsubscribe(core_broker):
+    nc = await connect(core_broker)
     subs = [await nc.subscribe(f"fan.{i}") for i in range(50)]
     all_sub = await nc.subscribe("fan.*")
     for i in range(50):

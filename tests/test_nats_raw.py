@@ -98,8 +98,8 @@ def alive(broker) -> bool:
     return ok
 
 
-def test_info_fields(shared_broker):
-    r = Raw(shared_broker, handshake=False)
+def test_info_fields(core_broker):
+    r = Raw(core_broker, handshake=False)
     info = r.info
     assert info["headers"] is True
     assert info["proto"] == 1
@@ -113,37 +113,37 @@ def test_info_fields(shared_broker):
         assert absent not in info
     assert not info.get("auth_required", False)
     assert info["tls_required"] is False
-    r2 = Raw(shared_broker, handshake=False)
+    r2 = Raw(core_broker, handshake=False)
     assert r2.info["client_id"] != info["client_id"]
     r.close()
     r2.close()
 
 
-def test_handshake_sends_nothing_but_pong(shared_broker):
-    r = Raw(shared_broker, handshake=False)
+def test_handshake_sends_nothing_but_pong(core_broker):
+    r = Raw(core_broker, handshake=False)
     r.send(b'CONNECT {"lang":"raw"}\r\nPING\r\n')
     assert r.line() == b"PONG"
     assert r.buf == b""
     r.close()
 
 
-def test_connect_with_only_unknown_and_missing_fields(shared_broker):
-    r = Raw(shared_broker, handshake=False)
+def test_connect_with_only_unknown_and_missing_fields(core_broker):
+    r = Raw(core_broker, handshake=False)
     r.send(b'CONNECT {"whatever":1,"tls_required":false}\r\nPING\r\n')
     assert r.line() == b"PONG"
     r.close()
 
 
-def test_ops_before_connect_are_lenient(shared_broker):
-    r = Raw(shared_broker, handshake=False)
+def test_ops_before_connect_are_lenient(core_broker):
+    r = Raw(core_broker, handshake=False)
     r.send(b"SUB pre 1\r\nPUB pre 2\r\nhi\r\n")
     verb, args, data = r.msg()
     assert (verb, args, data) == (b"MSG", [b"pre", b"1", b"2"], b"hi")
     r.close()
 
 
-def test_verbose_ok(shared_broker):
-    r = Raw(shared_broker, connect={"verbose": True})
+def test_verbose_ok(core_broker):
+    r = Raw(core_broker, connect={"verbose": True})
     r.send(b"SUB v 1\r\n")
     assert r.line() == b"+OK"
     r.send(b"PUB v 1\r\nx\r\n")
@@ -154,24 +154,24 @@ def test_verbose_ok(shared_broker):
     r.close()
 
 
-def test_msg_format_with_reply_and_sid_verbatim(shared_broker):
-    r = Raw(shared_broker)
+def test_msg_format_with_reply_and_sid_verbatim(core_broker):
+    r = Raw(core_broker)
     r.send(b"SUB fmt.* sid-abc\r\nPUB fmt.a inbox.1 3\r\nabc\r\n")
     assert r.msg() == (b"MSG", [b"fmt.a", b"sid-abc", b"inbox.1", b"3"], b"abc")
     r.close()
 
 
-def test_headers_stripped_for_clients_without_header_support(shared_broker):
-    plain = Raw(shared_broker, connect={"headers": False, "no_responders": False})
+def test_headers_stripped_for_clients_without_header_support(core_broker):
+    plain = Raw(core_broker, connect={"headers": False, "no_responders": False})
     plain.send(b"SUB strip 1\r\n")
-    hdr = Raw(shared_broker)
+    hdr = Raw(core_broker)
     hdr.send(b"SUB strip 9\r\n")
     plain.send(b"PING\r\n")
     assert plain.line() == b"PONG"
     hdr.send(b"PING\r\n")
     assert hdr.line() == b"PONG"
     block = b"NATS/1.0\r\nA: b\r\n\r\n"
-    pubber = Raw(shared_broker)
+    pubber = Raw(core_broker)
     pubber.send(b"HPUB strip %d %d\r\n" % (len(block), len(block) + 4) + block + b"body\r\n")
     assert plain.msg() == (b"MSG", [b"strip", b"1", b"4"], b"body")
     verb, args, data = hdr.msg()
@@ -181,8 +181,8 @@ def test_headers_stripped_for_clients_without_header_support(shared_broker):
         c.close()
 
 
-def test_no_responders_status_message(shared_broker):
-    r = Raw(shared_broker)
+def test_no_responders_status_message(core_broker):
+    r = Raw(core_broker)
     r.send(b"SUB _INBOX.x.* 7\r\nPUB nobody.listens _INBOX.x.1 2\r\nhi\r\n")
     verb, args, data = r.msg()
     assert verb == b"HMSG"
@@ -191,18 +191,18 @@ def test_no_responders_status_message(shared_broker):
     r.close()
 
 
-def test_no_503_without_headers_or_no_responders(shared_broker):
-    r = Raw(shared_broker, connect={"no_responders": False})
+def test_no_503_without_headers_or_no_responders(core_broker):
+    r = Raw(core_broker, connect={"no_responders": False})
     r.send(b"SUB _INBOX.y.* 7\r\nPUB nobody.listens _INBOX.y.1 2\r\nhi\r\nPING\r\n")
     assert r.line() == b"PONG"
     r.close()
 
 
-def test_split_frames_byte_by_byte(shared_broker):
-    sub = Raw(shared_broker)
+def test_split_frames_byte_by_byte(core_broker):
+    sub = Raw(core_broker)
     sub.send(b"SUB split.t 1\r\nPING\r\n")
     assert sub.line() == b"PONG"
-    pub = Raw(shared_broker)
+    pub = Raw(core_broker)
     block = b"NATS/1.0\r\nK: v\r\n\r\n"
     data = (b"PUB split.t 5\r\nhello\r\n" + b"HPUB split.t r %d %d\r\n" % (len(block), len(block) + 2)
             + block + b"yo\r\n")
@@ -226,11 +226,11 @@ def test_split_frames_byte_by_byte(shared_broker):
     (b"SUB " + b"a" * 5000 + b" 1\r\n", b"Maximum Control Line Exceeded"),
     (b"PUB big 2000000\r\n", b"Maximum Payload Violation"),
 ])
-def test_fatal_errors_close_only_that_connection(shared_broker, bad, err):
-    bystander = Raw(shared_broker)
+def test_fatal_errors_close_only_that_connection(core_broker, bad, err):
+    bystander = Raw(core_broker)
     bystander.send(b"SUB by.* 1\r\nPING\r\n")
     assert bystander.line() == b"PONG"
-    r = Raw(shared_broker)
+    r = Raw(core_broker)
     r.send(bad)
     assert r.line() == b"-ERR '" + err + b"'"
     assert r.closed()
@@ -239,15 +239,15 @@ def test_fatal_errors_close_only_that_connection(shared_broker, bad, err):
     bystander.close()
 
 
-def test_control_line_limit_enforced_before_newline(shared_broker):
-    r = Raw(shared_broker)
+def test_control_line_limit_enforced_before_newline(core_broker):
+    r = Raw(core_broker)
     r.send(b"PUB " + b"x" * 6000)  # no newline ever comes
     assert r.line() == b"-ERR 'Maximum Control Line Exceeded'"
     assert r.closed()
 
 
-def test_invalid_subject_keeps_connection(shared_broker):
-    r = Raw(shared_broker)
+def test_invalid_subject_keeps_connection(core_broker):
+    r = Raw(core_broker)
     for bad in (b"SUB a..b 1\r\n", b"SUB a.>.b 2\r\n", b"SUB .a 3\r\n"):
         r.send(bad)
         assert r.line() == b"-ERR 'Invalid Subject'"
@@ -256,8 +256,8 @@ def test_invalid_subject_keeps_connection(shared_broker):
     r.close()
 
 
-def test_unsub_max_on_the_wire(shared_broker):
-    r = Raw(shared_broker)
+def test_unsub_max_on_the_wire(core_broker):
+    r = Raw(core_broker)
     r.send(b"SUB um 5\r\nUNSUB 5 2\r\n")
     for i in range(4):
         r.send(b"PUB um 1\r\n%d\r\n" % i)
@@ -272,11 +272,11 @@ def test_unsub_max_on_the_wire(shared_broker):
     r.close()
 
 
-def test_mq9_reply_only_to_requesting_connection(shared_broker):
-    snoop = Raw(shared_broker)
+def test_mq9_reply_only_to_requesting_connection(core_broker):
+    snoop = Raw(core_broker)
     snoop.send(b"SUB _INBOX.> 1\r\nSUB > 2\r\nPING\r\n")
     assert snoop.line() == b"PONG"
-    r = Raw(shared_broker)
+    r = Raw(core_broker)
     r.send(b"SUB _INBOX.me.* 3\r\nPUB $mq9.AI.BOGUS _INBOX.me.1 2\r\n{}\r\n")
     verb, args, data = r.msg()
     assert args == [b"_INBOX.me.1", b"3", b"%d" % len(data)]

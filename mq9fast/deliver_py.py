@@ -1,0 +1,184 @@
+"""Message delivery - the pure-Python twin of ``mq9fast._deliver`` (same API, same bytes out).
+
+This is the publish hot path: for each PUB/HPUB frame, look up the matching subscriptions and
+append a MSG/HMSG to each receiving connection's output buffer.  It never writes to a socket: a
+connection whose buffer goes from empty to non-empty is appended to the shared ``dirty`` list,
+which the server drains once per event-loop tick (one ``transport.write`` per connection).
+
+    conn = Conn(owner, dirty_list)      # per connection: output buffer and delivery flags
+    sub = Sub(conn, sid, subject, queue)
+    n = publish(router, conn, subject, reply, hdr_len, data)
+    i = route_frames(frames, i, conn, router) # PUBs from index i routed here
+
+``route_frames`` routes consecutive PUB/HPUB frames that are not mq9 commands and stops at the
+first frame that needs the session layer (any other op, an mq9 command, or a publish while
+``conn.authed`` is false or the connection is closed), returning its index; the caller handles
+that frame and calls again, so frame order is preserved.
+"""
+from __future__ import annotations
+
+OP_PUB = 1
+OP_HPUB = 2
+NO_RESPONDERS = b"NATS/1.0 503\r\n\r\n"
+OK = b"+OK\r\n"
+
+
+def is_mq9(subject: bytes) -> bool:
+    return subject.startswith(b"$mq9.AI") and (len(subject) == 7 or subject[7] == 46)
+
+
+class Conn:
+    __slots__ = ("owner", "dirty_list", "out", "dirty", "closed", "echo", "headers",
+                 "no_responders", "verbose", "authed", "subs", "msgs_in", "msgs_out",
+                 "bytes_out")
+
+    def __init__(self, owner, dirty_list: list) -> None:
+        self.owner = owner
+        self.dirty_list = dirty_list
+        self.out = bytearray()
+        self.dirty = False
+        self.closed = False
+        self.echo = True
+        self.headers = False
+        self.no_responders = False
+        self.verbose = False
+        self.authed = True
+        self.subs: dict = {}
+        self.msgs_in = 0
+        self.msgs_out = 0
+        self.bytes_out = 0
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.out += data
+        if not self.dirty:
+            self.dirty = True
+            self.dirty_list.append(self)
+
+    def take(self) -> bytes:
+        """The queued bytes (and forget them); clears the dirty flag."""
+        self.dirty = False
+        data = bytes(self.out)
+        self.out.clear()
+        self.bytes_out += len(data)
+        return data
+
+    def pending(self) -> int:
+        return len(self.out)
+
+
+class Sub:
+    __slots__ = ("conn", "sid", "subject", "queue", "max", "delivered")
+
+    def __init__(self, conn: Conn, sid: bytes, subject: bytes, queue: bytes | None) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.subject = subject
+        self.queue = queue
+        self.max = 0
+        self.delivered = 0
+
+
+def deliver(router, sub: Sub, subject: bytes, reply: bytes | None, hdr_len: int, data: bytes) -> None:
+    """Queue one MSG/HMSG for ``sub`` (data = header block + payload when hdr_len > 0)."""
+    conn = sub.conn
+    if conn.closed:
+        return
+    out = conn.out
+    if hdr_len and conn.headers:
+        out += b"HMSG " + subject + b" " + sub.sid + b" "
+        if reply:
+            out += reply + b" "
+        out += b"%d %d\r\n" % (hdr_len, len(data))
+        out += data
+    else:
+        if hdr_len:  # the receiver did not ask for headers: strip them
+            data = data[hdr_len:]
+        out += b"MSG " + subject + b" " + sub.sid + b" "
+        if reply:
+            out += reply + b" "
+        out += b"%d\r\n" % len(data)
+        out += data
+    out += b"\r\n"
+    conn.msgs_out += 1
+    if not conn.dirty:
+        conn.dirty = True
+        conn.dirty_list.append(conn)
+    sub.delivered += 1
+    if sub.max and sub.delivered >= sub.max:
+        remove_sub(router, sub)
+
+
+def remove_sub(router, sub: Sub) -> None:
+    subs = sub.conn.subs
+    if subs.get(sub.sid) is sub:
+        del subs[sub.sid]
+    router.remove(sub)
+
+
+def deliver_to_subject(router, subject: bytes, data: bytes, hdr_len: int = 0, only: Conn | None = None) -> int:
+    """A server-originated message to every match of ``subject`` (or only ``only``'s subs)."""
+    m = router.match(subject)
+    n = 0
+    for sub in list(m.psubs):
+        if only is None or sub.conn is only:
+            deliver(router, sub, subject, None, hdr_len, data)
+            n += 1
+    for group in m.qgroups:
+        if only is not None:
+            group = [s for s in group if s.conn is only]
+            if not group:
+                continue
+        deliver(router, router.pick(group), subject, None, hdr_len, data)
+        n += 1
+    return n
+
+
+def publish(router, conn: Conn, subject: bytes, reply: bytes | None, hdr_len: int, data: bytes) -> int:
+    """Route one client publish; returns the number of deliveries (503 reply when none)."""
+    m = router.match(subject)
+    n = 0
+    echo = conn.echo
+    for sub in list(m.psubs) if m.psubs else ():
+        if sub.conn is conn and not echo:
+            continue
+        deliver(router, sub, subject, reply, hdr_len, data)
+        n += 1
+    for group in m.qgroups:
+        sub = router.pick(group)
+        if sub.conn is conn and not echo:
+            others = [s for s in group if s.conn is not conn]
+            if not others:
+                continue
+            sub = others[0]
+        deliver(router, sub, subject, reply, hdr_len, data)
+        n += 1
+    if n == 0 and reply and conn.no_responders:
+        deliver_to_subject(router, reply, NO_RESPONDERS, len(NO_RESPONDERS))
+    return n
+
+
+def route_frames(frames: list, start: int, conn: Conn, router) -> int:
+    """Route the plain publishes in ``frames`` from ``start`` on; return the index of the first
+    frame the session layer must handle (``len(frames)`` when none)."""
+    i = start
+    nframes = len(frames)
+    while i < nframes:
+        f = frames[i]
+        op = f[0]
+        if op == OP_PUB:
+            hdr_len, data = 0, f[3]
+        elif op == OP_HPUB:
+            hdr_len, data = f[3], f[4]
+        else:
+            break
+        subject = f[1]
+        if not conn.authed or conn.closed or is_mq9(subject):
+            break
+        conn.msgs_in += 1
+        if conn.verbose:  # as nats-server: +OK before the deliveries
+            conn.write(OK)
+        publish(router, conn, subject, f[2], hdr_len, data)
+        i += 1
+    return i
