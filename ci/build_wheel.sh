@@ -13,7 +13,7 @@ trap 'rm -rf "$work"' EXIT
 rm -rf dist wheelhouse
 "$work/build/bin/pip" wheel -q --no-deps -w dist .
 "$work/build/bin/auditwheel" show dist/mq9fast-*.whl
-"$work/build/bin/auditwheel" repair -w wheelhouse dist/mq9fast-*.whl
+PATH="$work/build/bin:$PATH" "$work/build/bin/auditwheel" repair -w wheelhouse dist/mq9fast-*.whl
 ls -l wheelhouse
 "$py" -m venv "$work/check"
 "$work/check/bin/pip" install -q wheelhouse/mq9fast-*manylinux*.whl
