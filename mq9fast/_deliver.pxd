@@ -7,6 +7,8 @@ cdef class Conn:
     cdef public bint dirty, closed, echo, headers, no_responders, verbose, authed
     cdef public dict subs             # sid -> Sub
     cdef public long long msgs_in, msgs_out, bytes_out
+    cdef public bint route            # a link to another worker process (see cluster.py)
+    cdef public unsigned long long last_pub   # route de-duplication: last publish sequence sent
     cpdef write(self, bytes data)
     cpdef bytes take(self)
     cpdef Py_ssize_t pending(self)

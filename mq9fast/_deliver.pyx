@@ -8,7 +8,10 @@ Invariants:
 * a Sub is in ``conn.subs`` and in the router together, or in neither (``remove_sub``);
 * a Sub with ``max`` > 0 never receives more than ``max`` messages: it is removed from both the
   router and ``conn.subs`` as its last allowed message is queued;
-* match results are copied (``list(...)``) before iterating when a delivery can remove a sub.
+* match results are copied (``list(...)``) before iterating when a delivery can remove a sub;
+* a route connection (a link to another worker) receives at most one plain copy of a publish,
+  however many of that worker's patterns match (``last_pub`` against the publish sequence), and
+  messages that arrived over a route are only delivered to local (non-route) subscriptions.
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -22,6 +25,14 @@ DEF OP_HPUB = 2
 NO_RESPONDERS = b"NATS/1.0 503\r\n\r\n"
 cdef bytes _NO_RESPONDERS = NO_RESPONDERS
 cdef bytes _OK = b"+OK\r\n"
+cdef unsigned long long _seq = 0     # publish sequence, for route de-duplication
+cdef object _remove_hook = None      # called with each local Sub removed by UNSUB max
+
+
+def set_remove_hook(hook):
+    """Register ``hook(sub)``, called when a local subscription is removed by delivery (UNSUB max)."""
+    global _remove_hook
+    _remove_hook = hook
 
 
 cdef inline bint _is_mq9(bytes subject):
@@ -53,6 +64,8 @@ cdef class Conn:
         self.msgs_in = 0
         self.msgs_out = 0
         self.bytes_out = 0
+        self.route = False
+        self.last_pub = 0
 
     cpdef write(self, bytes data):
         if self.closed:
@@ -175,6 +188,8 @@ cdef int _remove_sub(Router router, Sub sub) except -1:
     if subs.get(sub.sid) is sub:
         del subs[sub.sid]
     router.remove(sub)
+    if _remove_hook is not None and not sub.conn.route:
+        _remove_hook(sub)
     return 0
 
 
@@ -210,19 +225,27 @@ cpdef Py_ssize_t deliver_to_subject(Router router, bytes subject, bytes data, Py
 cpdef Py_ssize_t publish(Router router, Conn conn, bytes subject, reply, Py_ssize_t hdr_len,
                          bytes data) except -1:
     """Route one client publish; returns the number of deliveries (503 reply when none)."""
+    global _seq
     cdef Match m = router.match(subject)
     cdef list psubs = m.psubs
     cdef list group
     cdef Sub sub
+    cdef Conn c
     cdef Py_ssize_t n = 0, i
     cdef bint echo = conn.echo
+    _seq += 1
     if psubs:
         if len(psubs) > 1:
             psubs = list(psubs)  # a delivery may remove a sub (UNSUB max) and mutate the list
         for i in range(len(psubs)):
             sub = <Sub>psubs[i]
-            if sub.conn is conn and not echo:
+            c = sub.conn
+            if c is conn and not echo:
                 continue
+            if c.route:
+                if c.last_pub == _seq:
+                    continue
+                c.last_pub = _seq
             _deliver(router, sub, subject, reply, hdr_len, data)
             n += 1
     for group in m.qgroups:
@@ -236,6 +259,30 @@ cpdef Py_ssize_t publish(Router router, Conn conn, bytes subject, reply, Py_ssiz
         n += 1
     if n == 0 and conn.no_responders and reply is not None and PyBytes_GET_SIZE(<bytes>reply) > 0:
         deliver_to_subject(router, <bytes>reply, _NO_RESPONDERS, PyBytes_GET_SIZE(_NO_RESPONDERS))
+    return n
+
+
+cpdef Py_ssize_t deliver_local(Router router, bytes subject, reply, Py_ssize_t hdr_len, bytes data,
+                                queue=None) except -1:
+    """A message that arrived from another worker: to every local plain subscription (queue None)
+    or to one local member of queue group ``queue``; never back out over a route."""
+    cdef Match m = router.match(subject)
+    cdef list group
+    cdef Sub sub
+    cdef Py_ssize_t n = 0
+    if queue is None:
+        for sub in list(m.psubs):
+            if not sub.conn.route:
+                _deliver(router, sub, subject, reply, hdr_len, data)
+                n += 1
+        return n
+    for group in m.qgroups:
+        if (<Sub>group[0]).queue == queue:
+            group = [s for s in group if not (<Sub>s).conn.route]
+            if group:
+                _deliver(router, <Sub>router.pick(group), subject, reply, hdr_len, data)
+                n += 1
+            break
     return n
 
 

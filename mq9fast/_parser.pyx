@@ -29,6 +29,8 @@ OP_INFO = 8
 OP_OK = 9
 OP_ERR = 10
 OP_PROTO_ERROR = 11
+OP_MSG = 12
+OP_HMSG = 13
 
 ERR_UNKNOWN_OP = "Unknown Protocol Operation"
 ERR_PARSER = "Parser Error"
@@ -51,6 +53,8 @@ cdef enum:
     V_ERR = 10
     V_EMPTY = 11
     V_UNKNOWN = 12
+    V_MSG = 13
+    V_HMSG = 14
 
 DEF MAX_ARGS = 5
 
@@ -74,6 +78,8 @@ cdef int _verb(const unsigned char* p, Py_ssize_t n) noexcept nogil:
             return V_SUB
         if p[0] == b'+' and _up(p[1]) == b'O' and _up(p[2]) == b'K':
             return V_OK
+        if _up(p[0]) == b'M' and _up(p[1]) == b'S' and _up(p[2]) == b'G':
+            return V_MSG
     elif n == 4:
         if _up(p[0]) == b'H' and _up(p[1]) == b'P' and _up(p[2]) == b'U' and _up(p[3]) == b'B':
             return V_HPUB
@@ -86,6 +92,8 @@ cdef int _verb(const unsigned char* p, Py_ssize_t n) noexcept nogil:
             return V_INFO
         if p[0] == b'-' and _up(p[1]) == b'E' and _up(p[2]) == b'R' and _up(p[3]) == b'R':
             return V_ERR
+        if _up(p[0]) == b'H' and _up(p[1]) == b'M' and _up(p[2]) == b'S' and _up(p[3]) == b'G':
+            return V_HMSG
     elif n == 5:
         if (_up(p[0]) == b'U' and _up(p[1]) == b'N' and _up(p[2]) == b'S' and _up(p[3]) == b'U'
                 and _up(p[4]) == b'B'):
@@ -118,7 +126,7 @@ cdef class Parser:
     cdef public Py_ssize_t max_connect_line
     cdef public bint dead
     cdef bytes _line
-    cdef object _pending          # (op, subject, reply, hdr_len) or None
+    cdef object _pending          # (op, subject, reply, hdr_len, sid) or None
     cdef Py_ssize_t _need
     cdef bytearray _body
 
@@ -182,8 +190,12 @@ cdef class Parser:
                 self._pending = None
                 if head[0] == OP_PUB:
                     frames.append((OP_PUB, head[1], head[2], body))
-                else:
+                elif head[0] == OP_HPUB:
                     frames.append((OP_HPUB, head[1], head[2], head[3], body))
+                elif head[0] == OP_MSG:
+                    frames.append((OP_MSG, head[1], head[4], head[2], body))
+                else:
+                    frames.append((OP_HMSG, head[1], head[4], head[2], head[3], body))
                 continue
             nlp = <const unsigned char*>memchr(buf + pos, LF, n - pos)
             if nlp == NULL:
@@ -255,7 +267,7 @@ cdef class Parser:
                 return ERR_PARSER
             if size > self.max_payload:
                 return ERR_MAX_PAYLOAD
-            self._pending = (OP_PUB, data[a_start[0]:a_end[0]], reply, 0)
+            self._pending = (OP_PUB, data[a_start[0]:a_end[0]], reply, 0, None)
             self._need = size + 2
             return None
         if verb == V_HPUB:
@@ -273,7 +285,41 @@ cdef class Parser:
                 return ERR_PARSER
             if size > self.max_payload:
                 return ERR_MAX_PAYLOAD
-            self._pending = (OP_HPUB, data[a_start[0]:a_end[0]], reply, hdr)
+            self._pending = (OP_HPUB, data[a_start[0]:a_end[0]], reply, hdr, None)
+            self._need = size + 2
+            return None
+        if verb == V_MSG:
+            if nargs == 3:
+                size = _size(buf + a_start[2], a_end[2] - a_start[2])
+                reply = None
+            elif nargs == 4:
+                size = _size(buf + a_start[3], a_end[3] - a_start[3])
+                reply = data[a_start[2]:a_end[2]]
+            else:
+                return ERR_PARSER
+            if size < 0:
+                return ERR_PARSER
+            if size > self.max_payload:
+                return ERR_MAX_PAYLOAD
+            self._pending = (OP_MSG, data[a_start[0]:a_end[0]], reply, 0, data[a_start[1]:a_end[1]])
+            self._need = size + 2
+            return None
+        if verb == V_HMSG:
+            if nargs == 4:
+                hdr = _size(buf + a_start[2], a_end[2] - a_start[2])
+                size = _size(buf + a_start[3], a_end[3] - a_start[3])
+                reply = None
+            elif nargs == 5:
+                hdr = _size(buf + a_start[3], a_end[3] - a_start[3])
+                size = _size(buf + a_start[4], a_end[4] - a_start[4])
+                reply = data[a_start[2]:a_end[2]]
+            else:
+                return ERR_PARSER
+            if hdr < 0 or size < 0 or hdr > size:
+                return ERR_PARSER
+            if size > self.max_payload:
+                return ERR_MAX_PAYLOAD
+            self._pending = (OP_HMSG, data[a_start[0]:a_end[0]], reply, hdr, data[a_start[1]:a_end[1]])
             self._need = size + 2
             return None
         if verb == V_SUB:

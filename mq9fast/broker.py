@@ -42,6 +42,9 @@ class Broker:
         self.control: Control | None = None
         self.server: Server | None = None
         self.http: Any = None
+        self.cluster: Any = None
+        self.worker_id = int(os.environ.get("MQ9FAST_WORKER_ID", "0"))
+        self.worker_count = int(os.environ.get("MQ9FAST_WORKER_COUNT", "1"))
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -50,18 +53,29 @@ class Broker:
         self.store = Store(os.path.abspath(cfg.data_dir), map_size=cfg.map_size, fsync=cfg.fsync,
                            fsync_interval_ms=cfg.fsync_interval_ms)
         self.store.start(loop)
+        self.server = Server(cfg)
+        if self.worker_count > 1:
+            from .cluster import Cluster
+
+            self.cluster = Cluster(self.server, self.worker_id, self.worker_count,
+                                   os.environ["MQ9FAST_CLUSTER_KEY"])
+            self.server.attach_cluster(self.cluster)
+            await self.cluster.start()
         mailbox_cls = _service("mq9fast.mailbox", "MailboxService")
         registry_cls = _service("mq9fast.registry", "Registry")
         if mailbox_cls is not None:
             self.mailbox = mailbox_cls(self.store, cfg)
-            await self.mailbox.start()
         if registry_cls is not None:
             self.registry = registry_cls(self.store, cfg)
-            await self.registry.start()
+        for svc in (self.mailbox, self.registry):
+            if svc is not None:
+                if self.cluster is not None and hasattr(svc, "attach_cluster"):
+                    svc.attach_cluster(self.cluster)
+                await svc.start()
         self.control = Control(self.mailbox, self.registry)
-        self.server = Server(cfg, self.control)
+        self.server.control = self.control
         await self.server.start()
-        if cfg.http_port:
+        if cfg.http_port and self.worker_id == 0:
             http_cls = _service("mq9fast.http", "HttpSidePort")
             if http_cls is not None:
                 self.http = http_cls(self)
@@ -80,6 +94,8 @@ class Broker:
             await self.store.drain()
         if self.server is not None:
             await self.server.close_clients()
+        if self.cluster is not None:
+            await self.cluster.stop()
         for svc in (self.registry, self.mailbox):
             if svc is not None:
                 await svc.close()
@@ -100,6 +116,12 @@ class Broker:
 
 
 def run(config: Config) -> int:
+    if "MQ9FAST_WORKER_ID" not in os.environ:
+        from .supervisor import Supervisor, worker_count
+
+        count = worker_count(config)
+        if count > 1:
+            return Supervisor(config, count).run()
     try:
         import uvloop
     except ImportError:  # pragma: no cover

@@ -21,6 +21,14 @@ OP_PUB = 1
 OP_HPUB = 2
 NO_RESPONDERS = b"NATS/1.0 503\r\n\r\n"
 OK = b"+OK\r\n"
+_seq = 0             # publish sequence, for route de-duplication
+_remove_hook = None  # called with each local Sub removed by UNSUB max
+
+
+def set_remove_hook(hook) -> None:
+    """Register ``hook(sub)``, called when a local subscription is removed by delivery (UNSUB max)."""
+    global _remove_hook
+    _remove_hook = hook
 
 
 def is_mq9(subject: bytes) -> bool:
@@ -30,7 +38,7 @@ def is_mq9(subject: bytes) -> bool:
 class Conn:
     __slots__ = ("owner", "dirty_list", "out", "dirty", "closed", "echo", "headers",
                  "no_responders", "verbose", "authed", "subs", "msgs_in", "msgs_out",
-                 "bytes_out")
+                 "bytes_out", "route", "last_pub")
 
     def __init__(self, owner, dirty_list: list) -> None:
         self.owner = owner
@@ -47,6 +55,8 @@ class Conn:
         self.msgs_in = 0
         self.msgs_out = 0
         self.bytes_out = 0
+        self.route = False   # a link to another worker process (see cluster.py)
+        self.last_pub = 0    # route de-duplication: last publish sequence sent
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -115,6 +125,8 @@ def remove_sub(router, sub: Sub) -> None:
     if subs.get(sub.sid) is sub:
         del subs[sub.sid]
     router.remove(sub)
+    if _remove_hook is not None and not sub.conn.route:
+        _remove_hook(sub)
 
 
 def deliver_to_subject(router, subject: bytes, data: bytes, hdr_len: int = 0, only: Conn | None = None) -> int:
@@ -137,12 +149,19 @@ def deliver_to_subject(router, subject: bytes, data: bytes, hdr_len: int = 0, on
 
 def publish(router, conn: Conn, subject: bytes, reply: bytes | None, hdr_len: int, data: bytes) -> int:
     """Route one client publish; returns the number of deliveries (503 reply when none)."""
+    global _seq
     m = router.match(subject)
     n = 0
     echo = conn.echo
+    _seq += 1
     for sub in list(m.psubs) if m.psubs else ():
-        if sub.conn is conn and not echo:
+        c = sub.conn
+        if c is conn and not echo:
             continue
+        if c.route:  # one plain copy per worker link, however many of its patterns match
+            if c.last_pub == _seq:
+                continue
+            c.last_pub = _seq
         deliver(router, sub, subject, reply, hdr_len, data)
         n += 1
     for group in m.qgroups:
@@ -156,6 +175,28 @@ def publish(router, conn: Conn, subject: bytes, reply: bytes | None, hdr_len: in
         n += 1
     if n == 0 and reply and conn.no_responders:
         deliver_to_subject(router, reply, NO_RESPONDERS, len(NO_RESPONDERS))
+    return n
+
+
+def deliver_local(router, subject: bytes, reply: bytes | None, hdr_len: int, data: bytes,
+                  queue: bytes | None = None) -> int:
+    """A message that arrived from another worker: to every local plain subscription (queue None)
+    or to one local member of queue group ``queue``; never back out over a route."""
+    m = router.match(subject)
+    n = 0
+    if queue is None:
+        for sub in list(m.psubs):
+            if not sub.conn.route:
+                deliver(router, sub, subject, reply, hdr_len, data)
+                n += 1
+        return n
+    for group in m.qgroups:
+        if group[0].queue == queue:
+            group = [s for s in group if not s.conn.route]
+            if group:
+                deliver(router, router.pick(group), subject, reply, hdr_len, data)
+                n += 1
+            break
     return n
 
 

@@ -36,6 +36,8 @@ OP_INFO = 8
 OP_OK = 9
 OP_ERR = 10
 OP_PROTO_ERROR = 11
+OP_MSG = 12
+OP_HMSG = 13
 
 ERR_UNKNOWN_OP = "Unknown Protocol Operation"
 ERR_PARSER = "Parser Error"
@@ -68,7 +70,7 @@ class Parser:
         self.max_payload = max_payload
         self.max_connect_line = max_connect_line
         self._line = b""          # a partial control line carried over from the previous feed
-        self._pending = None      # frame head waiting for its payload: (op, subject, reply, hdr_len)
+        self._pending = None      # head waiting for its payload: (op, subject, reply, hdr_len, sid)
         self._need = 0            # payload bytes + 2 (CRLF) still expected for _pending
         self._body = bytearray()  # payload bytes of _pending received so far
         self.dead = False
@@ -97,12 +99,16 @@ class Parser:
                 self._body.clear()
                 if body[-2:] != b"\r\n":
                     return self._fail(frames, ERR_PARSER)
-                op, subject, reply, hdr_len = self._pending
+                op, subject, reply, hdr_len, sid = self._pending
                 self._pending = None
                 if op == OP_PUB:
                     frames.append((OP_PUB, subject, reply, body[:-2]))
-                else:
+                elif op == OP_HPUB:
                     frames.append((OP_HPUB, subject, reply, hdr_len, body[:-2]))
+                elif op == OP_MSG:
+                    frames.append((OP_MSG, subject, sid, reply, body[:-2]))
+                else:
+                    frames.append((OP_HMSG, subject, sid, reply, hdr_len, body[:-2]))
                 continue
             nl = data.find(b"\n", pos)
             if nl < 0:
@@ -162,7 +168,7 @@ class Parser:
                 return ERR_PARSER
             if size > self.max_payload:
                 return ERR_MAX_PAYLOAD
-            self._pending = (OP_PUB, subject, reply, 0)
+            self._pending = (OP_PUB, subject, reply, 0, None)
             self._need = size + 2
             return None
         if verb == b"HPUB":
@@ -179,7 +185,39 @@ class Parser:
                 return ERR_PARSER
             if total > self.max_payload:
                 return ERR_MAX_PAYLOAD
-            self._pending = (OP_HPUB, subject, reply, hdr)
+            self._pending = (OP_HPUB, subject, reply, hdr, None)
+            self._need = total + 2
+            return None
+        if verb == b"MSG":
+            args = _split_args(rest)
+            if len(args) == 3:
+                subject, sid, reply, size = args[0], args[1], None, _parse_size(args[2])
+            elif len(args) == 4:
+                subject, sid, reply, size = args[0], args[1], args[2], _parse_size(args[3])
+            else:
+                return ERR_PARSER
+            if size < 0:
+                return ERR_PARSER
+            if size > self.max_payload:
+                return ERR_MAX_PAYLOAD
+            self._pending = (OP_MSG, subject, reply, 0, sid)
+            self._need = size + 2
+            return None
+        if verb == b"HMSG":
+            args = _split_args(rest)
+            if len(args) == 4:
+                subject, sid, reply = args[0], args[1], None
+                hdr, total = _parse_size(args[2]), _parse_size(args[3])
+            elif len(args) == 5:
+                subject, sid, reply = args[0], args[1], args[2]
+                hdr, total = _parse_size(args[3]), _parse_size(args[4])
+            else:
+                return ERR_PARSER
+            if hdr < 0 or total < 0 or hdr > total:
+                return ERR_PARSER
+            if total > self.max_payload:
+                return ERR_MAX_PAYLOAD
+            self._pending = (OP_HMSG, subject, reply, hdr, sid)
             self._need = total + 2
             return None
         if verb == b"SUB":

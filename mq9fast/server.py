@@ -42,10 +42,12 @@ valid_subject = _router.valid_subject
 Conn, Sub = _deliver.Conn, _deliver.Sub
 route_frames = _deliver.route_frames
 deliver_to_subject = _deliver.deliver_to_subject
+deliver_local = _deliver.deliver_local
 remove_sub = _deliver.remove_sub
 OP_PUB, OP_HPUB, OP_SUB, OP_UNSUB = _parser.OP_PUB, _parser.OP_HPUB, _parser.OP_SUB, _parser.OP_UNSUB
 OP_PING, OP_PONG, OP_CONNECT, OP_PROTO_ERROR = (_parser.OP_PING, _parser.OP_PONG, _parser.OP_CONNECT,
                                                 _parser.OP_PROTO_ERROR)
+OP_MSG, OP_HMSG = _parser.OP_MSG, _parser.OP_HMSG
 
 log = logging.getLogger("mq9fast.server")
 
@@ -179,6 +181,8 @@ class Client(asyncio.Protocol):
             self._sub(frame[1], frame[2], frame[3])
         elif op == OP_UNSUB:
             self._unsub(frame[1], frame[2])
+        elif op == OP_MSG or op == OP_HMSG:  # server-to-server only, never from a client
+            self.fatal("Unknown Protocol Operation")
         # +OK, -ERR and INFO from a client are ignored
 
     # -- protocol operations --------------------------------------------------------------------
@@ -221,13 +225,18 @@ class Client(asyncio.Protocol):
         if not valid_subject(subject) or (queue is not None and not valid_subject(queue, False)):
             core.write(_err("Invalid Subject"))
             return
-        router = self.server.router
+        server = self.server
+        router = server.router
         old = core.subs.get(sid)
         if old is not None:  # a re-used sid replaces the old subscription
             router.remove(old)
+            if server.cluster is not None:
+                server.cluster.sub_removed(old)
         sub = Sub(core, sid, subject, queue)
         core.subs[sid] = sub
         router.insert(sub)
+        if server.cluster is not None:
+            server.cluster.sub_added(sub)
         if core.verbose:
             core.write(OK)
 
@@ -280,11 +289,12 @@ class Client(asyncio.Protocol):
 
 class Server:
     def __init__(self, config, control: Control | None = None) -> None:
+        """Construct inside the running event loop."""
         self.config = config
         self.control = control or Control()
         self.router = Router()
         self.clients: dict[int, Client] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop = asyncio.get_running_loop()
         self.server_id = "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(22))
         self._cid = 0
         self.dirty: list = []       # Conn objects with queued output (see deliver_py)
@@ -295,6 +305,8 @@ class Server:
         self.started = time.time()
         self.port = config.port
         self._info_base: dict = {}
+        self.cluster = None          # cluster.Cluster when running as one of several workers
+        self.worker_id: int | None = None
 
     def next_cid(self) -> int:
         self._cid += 1
@@ -302,10 +314,10 @@ class Server:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
         cfg = self.config
         srv = await self.loop.create_server(lambda: Client(self), cfg.host, cfg.port,
-                                            reuse_address=True, backlog=4096)
+                                            reuse_address=True, backlog=4096,
+                                            reuse_port=self.cluster is not None)
         self._servers.append(srv)
         self.port = srv.sockets[0].getsockname()[1]
         self._info_base = {
@@ -323,6 +335,8 @@ class Server:
         }
         if cfg.auth_required:
             self._info_base["auth_required"] = True
+        if self.worker_id is not None:
+            self._info_base["worker_id"] = self.worker_id
         self._ping_task = self.loop.create_task(self._pinger())
         log.info("listening for NATS clients on %s:%d", cfg.host, self.port)
 
@@ -356,7 +370,14 @@ class Server:
         self.clients.pop(client.cid, None)
         for sub in list(client.subs.values()):
             self.router.remove(sub)
+            if self.cluster is not None:
+                self.cluster.sub_removed(sub)
         client.subs.clear()
+
+    def attach_cluster(self, cluster) -> None:
+        self.cluster = cluster
+        self.worker_id = cluster.worker_id
+        _deliver.set_remove_hook(cluster.sub_removed)
 
     # -- output coalescing ----------------------------------------------------------------------
     def schedule_flush(self) -> None:
@@ -427,4 +448,6 @@ class Server:
             "out_bytes": sum(c.core.bytes_out for c in clients),
             "slow_consumers": self.slow_consumers,
             "compiled": COMPILED,
+            "worker_id": self.worker_id,
+            "workers_linked": None if self.cluster is None else self.cluster.peers_connected(),
         }

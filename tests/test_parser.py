@@ -135,7 +135,8 @@ _payload = st.binary(max_size=300)
 
 @st.composite
 def _frame(draw):
-    kind = draw(st.sampled_from(["pub", "pubr", "hpub", "sub", "subq", "unsub", "unsubm", "ping", "pong", "connect"]))
+    kind = draw(st.sampled_from(["pub", "pubr", "hpub", "sub", "subq", "unsub", "unsubm", "ping", "pong",
+                                 "connect", "msg", "hmsg"]))
     subj = draw(_subject)
     if kind in ("pub", "pubr"):
         payload = draw(_payload)
@@ -148,6 +149,16 @@ def _frame(draw):
         block = hdr + payload
         line = b"HPUB " + subj + b" %d %d\r\n" % (len(hdr), len(block))
         return line + block + b"\r\n", (P.OP_HPUB, subj, None, len(hdr), block)
+    if kind == "msg":
+        payload = draw(_payload)
+        reply = draw(st.one_of(st.none(), _subject))
+        line = b"MSG " + subj + b" s1" + (b" " + reply if reply else b"") + b" %d\r\n" % len(payload)
+        return line + payload + b"\r\n", (P.OP_MSG, subj, b"s1", reply, payload)
+    if kind == "hmsg":
+        hdr = b"NATS/1.0\r\n\r\n"
+        payload = draw(_payload)
+        line = b"HMSG " + subj + b" 9 r.x %d %d\r\n" % (len(hdr), len(hdr) + len(payload))
+        return line + hdr + payload + b"\r\n", (P.OP_HMSG, subj, b"9", b"r.x", len(hdr), hdr + payload)
     if kind in ("sub", "subq"):
         sid = str(draw(st.integers(0, 10**6))).encode()
         q = draw(_token) if kind == "subq" else None
