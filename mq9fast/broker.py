@@ -74,6 +74,8 @@ class Broker:
                 await svc.start()
         self.control = Control(self.mailbox, self.registry)
         self.server.control = self.control
+        if self.cluster is not None:
+            await self.cluster.wait_linked(timeout=15.0)
         await self.server.start()
         if cfg.http_port and self.worker_id == 0:
             http_cls = _service("mq9fast.http", "HttpSidePort")
@@ -104,15 +106,34 @@ class Broker:
             self.store.close()
 
     async def run(self) -> int:
+        if "MQ9FAST_WORKER_ID" in os.environ:
+            _die_with_parent()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # release what did start (LMDB, listeners, threads) before exiting
+            raise
         log.info("mq9fast ready: nats://%s:%d (data in %s, fsync=%s)", self.config.host,
                  self.server.port, self.config.data_dir, self.config.fsync)
         await self._stop.wait()
         await self.stop()
         return 0
+
+
+def _die_with_parent() -> None:
+    """A worker gets SIGTERM when its supervisor dies, even by SIGKILL (Linux prctl)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() == 1:  # the supervisor is already gone
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run(config: Config) -> int:

@@ -31,7 +31,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Callable
 
 log = logging.getLogger("mq9fast.cluster")
@@ -39,6 +39,7 @@ log = logging.getLogger("mq9fast.cluster")
 EVENT_PREFIX = b"$mq9w.EVENT."
 EVENT_SID = b"E"
 LINK_MAX_PENDING = 256 * 1024 * 1024
+DEBUG = log.isEnabledFor(logging.DEBUG)
 
 
 def link_address(key: str, worker: int) -> str:
@@ -60,6 +61,7 @@ class Link(asyncio.Protocol):
         self.parser = Parser(max_control_line=64 * 1024, max_payload=1 << 30)
         self.transport: asyncio.Transport | None = None
         self.remote: dict[bytes, object] = {}   # peer's sid -> Sub in our router
+        self.barriers: deque = deque()          # barrier callbacks waiting for this link's PONG
         self.closed = asyncio.get_running_loop().create_future()
 
     # -- asyncio --------------------------------------------------------------------------------
@@ -71,12 +73,15 @@ class Link(asyncio.Protocol):
         self.cluster.attach(self)
 
     def connection_lost(self, exc) -> None:
+        log.info("worker %d: link to worker %s closed (%s)", self.cluster.worker_id, self.peer, exc)
         self.core.closed = True
         self.cluster.detach(self)
         router = self.cluster.server.router
         for sub in self.remote.values():
             router.remove(sub)
         self.remote.clear()
+        while self.barriers:  # a link that is gone holds no barrier back
+            self.barriers.popleft()()
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -86,6 +91,8 @@ class Link(asyncio.Protocol):
         server = self.cluster.server
         for f in self.parser.feed(data):
             op = f[0]
+            if DEBUG:
+                log.debug("worker %d <- %s: %r", self.cluster.worker_id, self.peer, f[:4])
             if op == _parser.OP_MSG:
                 self._msg(f[1], f[2], f[3], 0, f[4])
             elif op == _parser.OP_HMSG:
@@ -103,8 +110,12 @@ class Link(asyncio.Protocol):
                     log.error("bad link handshake %r", f[1])
                     self.transport.close()
                     return
+                self.cluster.check_linked()
             elif op == _parser.OP_PING:
                 self.core.write(b"PONG\r\n")
+            elif op == _parser.OP_PONG:
+                if self.barriers:
+                    self.barriers.popleft()()
             elif op == _parser.OP_PROTO_ERROR:
                 log.error("link to worker %s: protocol error %s", self.peer, f[1])
                 self.transport.close()
@@ -162,6 +173,7 @@ class Cluster:
         self._listener: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
+        self._all_linked: asyncio.Event | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -176,6 +188,20 @@ class Cluster:
         self._listener = await loop.create_unix_server(lambda: Link(self), sock=sock)
         for peer in range(self.worker_id):
             self._tasks.append(loop.create_task(self._keep_connected(peer)))
+
+    async def wait_linked(self, timeout: float) -> bool:
+        """Wait until this worker is linked to every other one (start-up: before accepting
+        clients, so that no early subscription misses a peer); False on timeout."""
+        if self.peers_connected() >= self.nworkers - 1:
+            return True
+        self._all_linked = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._all_linked.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            log.warning("worker %d: only %d of %d peers linked; serving anyway",
+                        self.worker_id, self.peers_connected(), self.nworkers - 1)
+            return False
 
     async def _keep_connected(self, peer: int) -> None:
         loop = asyncio.get_running_loop()
@@ -211,7 +237,12 @@ class Cluster:
             link.core.write(_sub_line(subject, queue, sid))
         self.links[id(link)] = link
         self.server.schedule_flush()
+        self.check_linked()
         log.info("worker %d: link up (%d links)", self.worker_id, len(self.links))
+
+    def check_linked(self) -> None:
+        if self._all_linked is not None and self.peers_connected() >= self.nworkers - 1:
+            self._all_linked.set()
 
     def detach(self, link: Link) -> None:
         self.links.pop(id(link), None)
@@ -247,6 +278,32 @@ class Cluster:
             del self.local[key]
             del self.local_by_sid[entry[0]]
             self._broadcast(b"UNSUB " + entry[0] + b"\r\n")
+
+    def barrier(self, done: Callable[[], None]) -> None:
+        """Call ``done`` once every linked worker has processed everything sent to it so far.
+
+        A PING goes down every link; the PONGs come back in order after the peer has handled the
+        interest updates queued before it.  The server uses this to answer a client's PING only
+        when the client's new subscriptions are known to every worker, so ``flush()`` after
+        ``subscribe()`` means the same with several workers as with one.
+        """
+        links = [link for link in self.links.values() if not link.core.closed]
+        if DEBUG:
+            log.debug("worker %d: barrier over %d links", self.worker_id, len(links))
+        if not links:
+            done()
+            return
+        remaining = [len(links)]
+
+        def one() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                done()
+
+        for link in links:
+            link.barriers.append(one)
+            link.core.write(b"PING\r\n")
+        self.server.schedule_flush()
 
     # -- service events -------------------------------------------------------------------------
     def on_event(self, topic: str, handler: Callable[[bytes], None]) -> None:

@@ -57,6 +57,7 @@ PING = b"PING\r\n"
 PONG = b"PONG\r\n"
 OK = b"+OK\r\n"
 AUTH_TIMEOUT = 2.0
+PING_SETTLE = 0.002  # workers: least delay of a PONG, for the SUB that trails a PING (nats-py)
 
 
 def _err(text: str) -> bytes:
@@ -78,7 +79,8 @@ class Client(asyncio.Protocol):
     """
 
     __slots__ = ("server", "cid", "core", "transport", "parser", "connected", "pings_out",
-                 "last_in", "peer", "name", "lang", "version", "auth_timer", "bytes_in", "start")
+                 "last_in", "peer", "name", "lang", "version", "auth_timer", "bytes_in", "start",
+                 "interest_changed", "pongs_due")
 
     def __init__(self, server: "Server") -> None:
         self.server = server
@@ -96,6 +98,8 @@ class Client(asyncio.Protocol):
         self.auth_timer: asyncio.TimerHandle | None = None
         self.bytes_in = 0
         self.start = time.time()
+        self.interest_changed = False  # SUB/UNSUB since the last PONG (workers: _answer_pings)
+        self.pongs_due = 0
 
     @property
     def closed(self) -> bool:
@@ -151,14 +155,49 @@ class Client(asyncio.Protocol):
                 if core.closed:
                     break
                 i += 1
+        if self.pongs_due:
+            self._answer_pings()
         self.server.schedule_flush()
+
+    def _answer_pings(self) -> None:
+        """Workers: PONG only once every worker knows this client's subscriptions.
+
+        Clients send SUB and PING to learn that a subscription is in place, but nats-py writes
+        the PING first, on its own, and the queued SUB a moment later.  So with several workers
+        a PING is answered no sooner than PING_SETTLE after it arrived and after a barrier over
+        every link (``Cluster.barrier``) that started after the client's last interest change:
+        ``flush()`` after ``subscribe()`` then means the same as with one worker.
+        """
+        n, self.pongs_due = self.pongs_due, 0
+        loop = self.server.loop
+        not_before = loop.time() + PING_SETTLE
+
+        def answer() -> None:
+            if self.core.closed:
+                return
+            if self.interest_changed:       # a SUB/UNSUB arrived meanwhile: one more barrier
+                self.interest_changed = False
+                self.server.cluster.barrier(answer)
+                return
+            wait = not_before - loop.time()
+            if wait > 0:
+                loop.call_later(wait, answer)
+                return
+            self.core.write(PONG * n)
+            self.server.schedule_flush()
+
+        self.interest_changed = False
+        self.server.cluster.barrier(answer)
 
     def _frame(self, frame: tuple) -> None:
         """Everything the delivery fast path does not handle."""
         op = frame[0]
         core = self.core
         if op == OP_PING:
-            core.write(PONG)
+            if self.server.cluster is None:
+                core.write(PONG)
+            else:
+                self.pongs_due += 1  # answered after this read (see _answer_pings)
         elif op == OP_PONG:
             pass
         elif op == OP_CONNECT:
@@ -237,6 +276,7 @@ class Client(asyncio.Protocol):
         router.insert(sub)
         if server.cluster is not None:
             server.cluster.sub_added(sub)
+            self.interest_changed = True
         if core.verbose:
             core.write(OK)
 
@@ -248,6 +288,7 @@ class Client(asyncio.Protocol):
                 sub.max = max_msgs
             else:
                 remove_sub(self.server.router, sub)
+                self.interest_changed = True
         if core.verbose:
             core.write(OK)
 

@@ -6,6 +6,7 @@ and returns a ``BrokerProcess``; ``broker`` is one per test, ``shared_broker`` o
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The wire-level suite runs against one worker process and against two (``--workers 2``):
+# MQ9FAST_TEST_WORKERS=1 (or 2) narrows it to one of them.
+WORKER_COUNTS = [int(w) for w in os.environ.get("MQ9FAST_TEST_WORKERS", "1,2").split(",")]
 
 
 def free_port() -> int:
@@ -53,19 +57,37 @@ class BrokerProcess:
         env.update(self.env)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=str(self.data_dir.parent))
+                                     env=env, cwd=str(self.data_dir.parent), start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.settimeout(2)
-                    if s.recv(5) == b"INFO ":
-                        return self
+                if self._all_workers_up():
+                    return self
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"broker did not start:\n{self.log()}")
+
+    def _all_workers_up(self) -> bool:
+        """The port answers, and with several workers, INFO has come from each of them."""
+        want = int(self.options.get("workers", 1))
+        seen = set()
+        for _ in range(50 if want > 1 else 1):
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.settimeout(2)
+                data = b""
+                while not data.endswith(b"\r\n"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        return False
+                    data += chunk
+                if not data.startswith(b"INFO "):
+                    return False
+                seen.add(json.loads(data[5:]).get("worker_id", 0))
+            if len(seen) >= want:
+                return True
+        return False
 
     def log(self) -> str:
         try:
@@ -74,10 +96,20 @@ class BrokerProcess:
             return ""
 
     def kill(self) -> None:
-        """SIGKILL: the crash case."""
+        """SIGKILL to the broker and all its worker processes at once: the crash case."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait(10)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the workers too
+                try:
+                    os.killpg(self.proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.02)
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait; returns the exit code."""
@@ -98,18 +130,34 @@ class BrokerProcess:
         return self.start()
 
 
-@pytest.fixture
-def broker_factory(tmp_path):
+@pytest.fixture(scope="session", params=WORKER_COUNTS, ids=lambda n: f"workers{n}")
+def workers(request) -> int:
+    """How many worker processes the brokers of this test run (see WORKER_COUNTS)."""
+    return request.param
+
+
+def make_factory(tmp_path, workers: int):
+    """A ``make(**options)`` that starts brokers (default ``workers``) and a ``cleanup()``."""
     started: list[BrokerProcess] = []
 
     def make(**options) -> BrokerProcess:
+        options.setdefault("workers", workers)
         b = BrokerProcess(tmp_path / f"data{len(started)}", options)
         started.append(b)
         return b.start()
 
+    def cleanup() -> None:
+        for b in started:
+            b.stop()
+
+    return make, cleanup
+
+
+@pytest.fixture
+def broker_factory(tmp_path, workers):
+    make, cleanup = make_factory(tmp_path, workers)
     yield make
-    for b in started:
-        b.stop()
+    cleanup()
 
 
 @pytest.fixture
@@ -118,18 +166,23 @@ def broker(broker_factory) -> BrokerProcess:
 
 
 @pytest.fixture(scope="module")
-def shared_broker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("shared") / "data", {})
+def shared_broker(tmp_path_factory, workers):
+    b = BrokerProcess(tmp_path_factory.mktemp("shared") / "data", {"workers": workers})
     b.start()
     yield b
     b.stop()
 
 
-@pytest.fixture(scope="module", params=["compiled", "pure"])
+CORE_VARIANTS = [("compiled", n) for n in WORKER_COUNTS] + [("pure", 1)]
+
+
+@pytest.fixture(scope="module", params=CORE_VARIANTS, ids=lambda v: f"{v[0]}-workers{v[1]}")
 def core_broker(request, tmp_path_factory):
-    """A module-wide broker on the compiled hot paths, then one on their pure-Python twins."""
-    env = {"MQ9FAST_PURE_PYTHON": "1"} if request.param == "pure" else {}
-    b = BrokerProcess(tmp_path_factory.mktemp("core") / "data", {}, env)
+    """A module-wide broker on the compiled hot paths (one and two workers), then one on their
+    pure-Python twins."""
+    kind, nworkers = request.param
+    env = {"MQ9FAST_PURE_PYTHON": "1"} if kind == "pure" else {}
+    b = BrokerProcess(tmp_path_factory.mktemp("core") / "data", {"workers": nworkers}, env)
     b.start()
     yield b
     b.stop()

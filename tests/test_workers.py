@@ -10,7 +10,15 @@ import nats
 import pytest
 from nats.errors import NoRespondersError
 
-from conftest import free_port
+from conftest import make_factory
+
+
+@pytest.fixture
+def broker_factory(tmp_path):
+    """These tests choose their own worker count (not the suite-wide matrix)."""
+    make, cleanup = make_factory(tmp_path, 2)
+    yield make
+    cleanup()
 
 
 async def connect_to_worker(b, worker: int, timeout: float = 15.0):
@@ -38,7 +46,6 @@ def workers_broker(tmp_path_factory):
 
     b = BrokerProcess(tmp_path_factory.mktemp("workers") / "data", {"workers": 2})
     b.start()
-    time.sleep(1.0)  # let both workers listen and link up
     yield b
     assert b.stop() == 0
 
@@ -58,6 +65,24 @@ async def test_info_names_the_worker(workers_broker):
     assert a._server_info["worker_id"] == 0 and b._server_info["worker_id"] == 1
     await a.close()
     await b.close()
+
+
+async def test_flush_after_subscribe_means_every_worker_knows(workers_broker):
+    for _ in range(5):
+        a = await connect_to_worker(workers_broker, 0)
+        b = await connect_to_worker(workers_broker, 1)
+        sub = await a.subscribe("flushed.interest")
+        await a.flush()          # PONG only once worker 1 has the interest
+        await b.publish("flushed.interest", b"now")
+        assert (await sub.next_msg(timeout=2)).data == b"now"
+        await sub.unsubscribe()
+        await a.flush()
+        await b.publish("flushed.interest", b"gone")
+        await b.flush()
+        with pytest.raises(nats.errors.TimeoutError):
+            await sub.next_msg(timeout=0.2)
+        await a.close()
+        await b.close()
 
 
 async def test_pub_sub_across_workers(workers_broker):
