@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -16,9 +17,13 @@ from mq9fast import __version__
 from mq9fast import config as config_mod
 
 
+# run from outside the source tree, so the installed (compiled) package is the one imported
+OUTSIDE = tempfile.gettempdir()
+
+
 def run_cli(*args, env=None, timeout=30):
     return subprocess.run([sys.executable, "-m", "mq9fast", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+                          env=env, timeout=timeout, cwd=OUTSIDE)
 
 
 def test_version():
@@ -78,7 +83,7 @@ def test_env_vars_and_nats_server_spellings_then_sigterm(tmp_path):
                MQ9FAST_DATA_DIR=str(tmp_path / "data"))
     proc = subprocess.Popen([sys.executable, "-m", "mq9fast", "serve", "-a", "127.0.0.1", "-p", str(port),
                              "--max_payload", "4096"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, cwd=OUTSIDE)
     try:
         info = _wait_info(port, proc)
         assert info["server_name"] == "envname"
@@ -94,7 +99,7 @@ def test_sigint_exits_cleanly_and_flushes(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mq9fast", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--data-dir", str(tmp_path / "d"), "--http-port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=OUTSIDE)
     _wait_info(port, proc)
     s = socket.create_connection(("127.0.0.1", port))
     s.recv(4096)
