@@ -217,6 +217,7 @@ class Broker:
                             break
                         data += chunk
                     if data.startswith(b"INFO "):
+                        self._settle()
                         return
                     last_err = f"unexpected greeting {data[:60]!r}"
             except OSError as e:
@@ -224,6 +225,25 @@ class Broker:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} did not answer INFO on port {self.port}: {last_err}")
+
+    def _settle(self, limit: float = 20.0) -> None:
+        """Wait until the broker's resident memory stops growing (mq9fast loads its embedding
+        model in the background after it starts answering), so that start-up work is not counted
+        in the connections scenario's per-connection memory nor competes with the first runs."""
+        def rss() -> int:
+            try:
+                with open(f"/proc/{self.proc.pid}/status") as fh:
+                    return int(fh.read().split("VmRSS:")[1].split()[0])
+            except (OSError, IndexError, ValueError):
+                return 0
+        deadline = time.monotonic() + limit
+        last = rss()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = rss()
+            if abs(now - last) <= max(256, last // 200):
+                return
+            last = now
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
