@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import os
 import signal
@@ -60,6 +61,7 @@ class Broker:
             self.cluster = Cluster(self.server, self.worker_id, self.worker_count,
                                    os.environ["MQ9FAST_CLUSTER_KEY"])
             self.server.attach_cluster(self.cluster)
+            self.cluster.serve("varz", lambda _req: json.dumps(self.server.varz()).encode())
             await self.cluster.start()
         mailbox_cls = _service("mq9fast.mailbox", "MailboxService")
         registry_cls = _service("mq9fast.registry", "Registry")
@@ -82,6 +84,14 @@ class Broker:
             if http_cls is not None:
                 self.http = http_cls(self)
                 await self.http.start()
+
+    async def workers_varz(self) -> list[dict]:
+        """This worker's ``Server.varz()`` and every other worker's (``--workers N``)."""
+        own = self.server.varz()
+        if self.cluster is None:
+            return [own]
+        answers = await self.cluster.gather("varz", timeout=1.0)
+        return [own] + [json.loads(answers[w]) for w in sorted(answers)]
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -12,7 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
+
+# One BLAS thread: the broker is one process per core, and OpenBLAS threads cost far more than
+# they save on its small vector scans (set before numpy is imported anywhere).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from . import __version__
 from . import config as config_mod

@@ -174,6 +174,9 @@ class Cluster:
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self._all_linked: asyncio.Event | None = None
+        self._requests: dict[int, tuple[asyncio.Future, dict[int, bytes]]] = {}
+        self._next_request = 0
+        self.on_event("gather.resp", self._gather_response)
 
     @property
     def is_leader(self) -> bool:
@@ -314,6 +317,44 @@ class Cluster:
         """Send an event to every other worker (not to this one)."""
         subject = EVENT_PREFIX + topic.encode()
         self._broadcast(b"MSG " + subject + b" " + EVENT_SID + b" %d\r\n" % len(payload) + payload + b"\r\n")
+
+    # -- request / gather (e.g. per-worker statistics for /varz) ---------------------------------
+    def serve(self, topic: str, fn: Callable[[bytes], bytes]) -> None:
+        """Answer ``gather(topic, ...)`` requests from other workers with ``fn(payload)``."""
+        def on_request(data: bytes) -> None:
+            req = data[:12]                       # request id (8) + requesting worker (4)
+            self.publish_event("gather.resp", req + self.worker_id.to_bytes(4, "big") + fn(data[12:]))
+        self.on_event("gather.req." + topic, on_request)
+
+    async def gather(self, topic: str, payload: bytes = b"", timeout: float = 1.0) -> dict[int, bytes]:
+        """Ask every other worker; returns {worker_id: answer} of those that answered in time."""
+        self._next_request += 1
+        rid = self._next_request
+        fut = asyncio.get_running_loop().create_future()
+        answers: dict[int, bytes] = {}
+        self._requests[rid] = (fut, answers)
+        expected = self.peers_connected()
+        if expected:
+            self.publish_event("gather.req." + topic,
+                               rid.to_bytes(8, "big") + self.worker_id.to_bytes(4, "big") + payload)
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                pass
+        self._requests.pop(rid, None)
+        return answers
+
+    def _gather_response(self, data: bytes) -> None:
+        rid = int.from_bytes(data[:8], "big")
+        if int.from_bytes(data[8:12], "big") != self.worker_id:
+            return  # an answer to another worker's request
+        entry = self._requests.get(rid)
+        if entry is None:
+            return
+        fut, answers = entry
+        answers[int.from_bytes(data[12:16], "big")] = data[16:]
+        if len(answers) >= self.peers_connected() and not fut.done():
+            fut.set_result(None)
 
     def dispatch_event(self, topic: str, payload: bytes) -> None:
         for handler in self._handlers.get(topic, ()):

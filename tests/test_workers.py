@@ -202,3 +202,33 @@ async def test_kill_one_worker_the_other_keeps_serving(broker_factory):
     again = await connect_to_worker(b, 1)
     await again.close()
     await w0.close()
+
+
+async def test_varz_reports_every_worker(broker_factory):
+    import json
+    import urllib.request
+
+    from conftest import free_port
+
+    http = free_port()
+    b = broker_factory(workers=2, http_port=http)
+    conns = [await connect_to_worker(b, w) for w in (0, 1, 1)]
+
+    def get():
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/varz", timeout=5) as r:
+            return json.loads(r.read())
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            varz = await asyncio.get_running_loop().run_in_executor(None, get)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+    workers = {w["worker_id"]: w for w in varz["workers"]}
+    assert set(workers) == {0, 1}
+    assert workers[0]["connections"] >= 1 and workers[1]["connections"] >= 2
+    for nc in conns:
+        await nc.close()

@@ -1,0 +1,335 @@
+"""Retrieval quality of the agent registry on tests/data/registry_eval.json.
+
+Registers every card of the set, asks every intent in three ways and reports recall@1, recall@5
+and MRR (over the first 50 results):
+
+* ``text``     - ``{"text": q}``                          (BM25)
+* ``semantic`` - ``{"semantic": q, "ranking": "vector"}``  (cosine over the embeddings)
+* ``hybrid``   - ``{"semantic": q, "ranking": "hybrid"}``  (reciprocal-rank fusion of both)
+
+Results are also split by intent kind and for the intents that share no token at all with their
+card (computed here with the registry's own tokenizer, not taken from the labels).
+
+Usage::
+
+    python benchmarks/registry_eval.py                     # in-process engine, default embedder
+    python benchmarks/registry_eval.py --embedder hash     # the built-in fallback embedder
+    python benchmarks/registry_eval.py --url nats://127.0.0.1:4222   # a running broker
+                                        # (use an empty one: other agents change the ranking)
+    python benchmarks/registry_eval.py --json out.json --verbose
+    python benchmarks/registry_eval.py --perf 10000   # engine latency/throughput at 10 k agents
+
+``--perf N`` registers N synthetic cards (variations of the evaluation cards) in the in-process
+engine and measures REGISTER throughput (64 concurrent), semantic DISCOVER latency (distinct
+queries, so the query-embedding cache does not help; and repeated queries) and text DISCOVER
+throughput.  Engine level: no NATS parsing or sockets (benchmarks/run.py measures the broker).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mq9fast.registry.text import card_text, tokens  # noqa: E402
+
+EVAL_SET = ROOT / "tests" / "data" / "registry_eval.json"
+MODES = {
+    "text": lambda q: {"text": q, "limit": 50},
+    "semantic": lambda q: {"semantic": q, "ranking": "vector", "limit": 50},
+    "hybrid": lambda q: {"semantic": q, "ranking": "hybrid", "limit": 50},
+}
+
+Request = Callable[[str, dict], Awaitable[dict]]
+
+
+def load_set(path: Path = EVAL_SET) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def agent_name(body: dict) -> str:
+    return body.get("name") or body["mailbox"]
+
+
+def lexical_overlap(data: dict) -> dict[str, set[str]]:
+    """query -> tokens it shares with the card it expects."""
+    cards = {agent_name(a["body"]): set(tokens(card_text(a["body"]))) for a in data["agents"]}
+    return {i["query"]: set(tokens(i["query"])) & cards[i["expect"]] for i in data["intents"]}
+
+
+def metrics(ranks: list[int | None]) -> dict[str, float]:
+    n = len(ranks) or 1
+    return {
+        "n": len(ranks),
+        "recall@1": sum(1 for r in ranks if r == 1) / n,
+        "recall@5": sum(1 for r in ranks if r is not None and r <= 5) / n,
+        "mrr": sum(1.0 / r for r in ranks if r is not None) / n,
+    }
+
+
+async def evaluate(request: Request, data: dict, modes=tuple(MODES), verbose: bool = False
+                   ) -> dict[str, Any]:
+    """Register the set through ``request(command, body)`` and score every mode."""
+    for a in data["agents"]:
+        reply = await request("REGISTER", a["body"])
+        if reply.get("error"):
+            raise RuntimeError(f"REGISTER {agent_name(a['body'])}: {reply['error']}")
+    overlap = lexical_overlap(data)
+    results: dict[str, Any] = {}
+    for mode in modes:
+        ranks: list[int | None] = []
+        by_kind: dict[str, list[int | None]] = {}
+        no_overlap: list[int | None] = []
+        misses = []
+        t0 = time.perf_counter()
+        for intent in data["intents"]:
+            reply = await request("DISCOVER", MODES[mode](intent["query"]))
+            if reply.get("error"):
+                raise RuntimeError(f"DISCOVER {intent['query']!r}: {reply['error']}")
+            names = [e["name"] for e in reply["agents"]]
+            rank = names.index(intent["expect"]) + 1 if intent["expect"] in names else None
+            ranks.append(rank)
+            by_kind.setdefault(intent["kind"], []).append(rank)
+            if not overlap[intent["query"]]:
+                no_overlap.append(rank)
+            if rank != 1:
+                misses.append((intent["query"], intent["expect"], rank, names[:3]))
+        elapsed = time.perf_counter() - t0
+        results[mode] = {
+            **metrics(ranks),
+            "by_kind": {k: metrics(v) for k, v in sorted(by_kind.items())},
+            "no_shared_token": metrics(no_overlap),
+            "ms_per_query": 1000.0 * elapsed / max(len(data["intents"]), 1),
+            "misses": misses,
+        }
+        if verbose:
+            for q, want, rank, top in misses:
+                print(f"  [{mode}] {q!r}: want {want} at {rank}; got {top}")
+    for a in data["agents"]:
+        await request("UNREGISTER", {"name": agent_name(a["body"])})
+    return results
+
+
+async def engine_request(embedder: str, model_dir: str | None = None,
+                         data_dir: str | None = None):
+    """An in-process Registry on a Store (temporary unless ``data_dir``); returns
+    (request, close, registry)."""
+    from mq9fast.config import Config
+    from mq9fast.control import Mq9Error
+    from mq9fast.registry import Registry
+    from mq9fast.storage import Store
+
+    tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="mq9-regeval-")
+    path = data_dir or tmp.name
+    store = Store(path, fsync="never")
+    store.start()
+    reg = Registry(store, Config(data_dir=path, embedder=embedder, model_dir=model_dir))
+    t0 = time.perf_counter()
+    await reg.start()
+    reg.start_seconds = time.perf_counter() - t0
+    methods = {"REGISTER": reg.register, "UNREGISTER": reg.unregister,
+               "REPORT": reg.report, "DISCOVER": reg.discover}
+
+    async def request(cmd: str, body: dict) -> dict:
+        try:
+            out = methods[cmd](json.dumps(body).encode())
+            if asyncio.iscoroutine(out) or isinstance(out, asyncio.Future):
+                out = await out
+        except Mq9Error as exc:
+            return {"error": exc.text}
+        return json.loads(out) if isinstance(out, (bytes, bytearray)) else out
+
+    async def close() -> None:
+        await reg.close()
+        store.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+    await reg.embed.wait_ready(120)
+    return request, close, reg
+
+
+async def wire_request(url: str):
+    import nats
+
+    nc = await nats.connect(url, allow_reconnect=False)
+
+    async def request(cmd: str, body: dict) -> dict:
+        msg = await nc.request(f"$mq9.AI.AGENT.{cmd}", json.dumps(body).encode(), timeout=30)
+        return json.loads(msg.data)
+
+    async def close() -> None:
+        await nc.close()
+
+    return request, close
+
+
+PERF_WORDS = """fast reliable secure multilingual enterprise cloud local realtime batch
+scalable accurate lightweight certified audited regional global experimental premium budget
+healthcare finance retail logistics education legal manufacturing media gaming energy""".split()
+
+
+def synthetic_cards(data: dict, n: int, seed: int = 1) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    base = data["agents"]
+    out = []
+    for i in range(n):
+        body = json.loads(json.dumps(base[i % len(base)]["body"]))
+        flavour = " ".join(rng.sample(PERF_WORDS, 3))
+        name = f"{agent_name(body)}.{i}"
+        body["name"] = name
+        if isinstance(body.get("description"), str):
+            body["description"] = f"{body['description']} Focus: {flavour}."
+        elif isinstance(body.get("payload"), str) and not body["payload"].startswith("{"):
+            body["payload"] = f"{body['payload']} Focus: {flavour}."
+        else:
+            body["notes"] = f"Focus: {flavour}."
+        out.append(body)
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100.0 * len(values)))]
+
+
+async def perf(args) -> None:
+    data = load_set(Path(args.set))
+    t0 = time.perf_counter()
+    request, close, reg = await engine_request(args.embedder, args.model_dir, args.data_dir)
+    print(f"start: Registry.start() {1000 * reg.start_seconds:.0f} ms with {len(reg.known)} "
+          f"agents; model ready after {time.perf_counter() - t0:.2f} s")
+    try:
+        cards = synthetic_cards(data, args.perf)[len(reg.known):]
+        t0 = time.perf_counter()
+        sem = asyncio.Semaphore(64)
+
+        async def one(body):
+            async with sem:
+                r = await request("REGISTER", body)
+                assert not r.get("error"), r
+
+        c0 = time.process_time()
+        await asyncio.gather(*(one(c) for c in cards))
+        dt = time.perf_counter() - t0
+        if cards:
+            print(f"REGISTER {len(cards)} cards: {dt:.1f} s = {len(cards) / dt:.0f}/s, "
+                  f"{1000 * (time.process_time() - c0) / len(cards):.1f} ms CPU each "
+                  f"(embedder {reg.embed.tag}, {reg.embed.texts} texts in {reg.embed.runs} runs,"
+                  f" largest batch {reg.embed.max_batch})")
+        while not (reg.vec is not None and reg.vec.idle and not reg.pending):
+            await asyncio.sleep(0.2)
+        queries = [f"{i['query']} {w}" for w in ("", "please", "quickly", "today")
+                   for i in data["intents"]][: args.queries]
+
+        async def timed(body) -> float:
+            t = time.perf_counter()
+            out = reg.discover(json.dumps(body).encode())
+            if not isinstance(out, (bytes, bytearray)):
+                out = await out
+            return time.perf_counter() - t
+
+        for label, qs, mode in (
+                ("semantic, distinct queries", queries, "semantic"),
+                ("semantic, repeated query", [queries[0]] * len(queries), "semantic"),
+                ("text, distinct queries", [f"{q} {i}" for i, q in enumerate(queries)], "text")):
+            c0 = time.process_time()
+            lat = [await timed({mode: q}) for q in qs]
+            cpu = (time.process_time() - c0) / len(qs)
+            print(f"DISCOVER {label:<27} p50 {1000 * pct(lat, 50):6.2f} ms  "
+                  f"p90 {1000 * pct(lat, 90):6.2f} ms  p99 {1000 * pct(lat, 99):6.2f} ms  "
+                  f"CPU {1000 * cpu:5.2f} ms/query (n={len(lat)}, {len(reg.known)} agents)")
+        for label, body in (("text 'payment invoice'", {"text": "payment invoice"}),
+                            ("text 'weather forecast rain'", {"text": "weather forecast rain"}),
+                            ("text 'secure'", {"text": "secure"}),
+                            ("list all (limit 20)", {})):
+            payload = json.dumps(body).encode()
+            n = 0
+            t = time.perf_counter()
+            while time.perf_counter() - t < 1.0:
+                reg.discover(payload)
+                n += 1
+            dt = time.perf_counter() - t
+            print(f"DISCOVER {label:<27} {n / dt:8.0f} req/s  ({1e6 * dt / n:.0f} us each)")
+    finally:
+        await close()
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"{'mode':<10} {'R@1':>6} {'R@5':>6} {'MRR':>6}   {'no-shared-token R@1/R@5':>24}  "
+             f"{'ms/q':>6}"]
+    for mode, r in results.items():
+        ns = r["no_shared_token"]
+        lines.append(f"{mode:<10} {r['recall@1']:6.3f} {r['recall@5']:6.3f} {r['mrr']:6.3f}   "
+                     f"{ns['recall@1']:10.3f}/{ns['recall@5']:.3f} (n={ns['n']:>3})  "
+                     f"{r['ms_per_query']:6.2f}")
+    kinds = sorted({k for r in results.values() for k in r["by_kind"]})
+    for k in kinds:
+        cells = "  ".join(f"{mode}: {r['by_kind'][k]['recall@1']:.2f}/{r['by_kind'][k]['recall@5']:.2f}"
+                          for mode, r in results.items() if k in r["by_kind"])
+        n = next(iter(results.values()))["by_kind"][k]["n"]
+        lines.append(f"  {k:<11} (n={n:>3}) R@1/R@5  {cells}")
+    return "\n".join(lines)
+
+
+async def main_async(args) -> dict:
+    data = load_set(Path(args.set))
+    if args.url:
+        request, close = await wire_request(args.url)
+        label = f"broker {args.url}"
+    else:
+        request, close, reg = await engine_request(args.embedder, args.model_dir)
+        label = f"engine, embedder {reg.embed.tag}"
+    try:
+        results = await evaluate(request, data, verbose=args.verbose)
+    finally:
+        await close()
+    print(f"registry eval: {len(data['agents'])} agents, {len(data['intents'])} intents ({label})")
+    print(table(results))
+    if args.check_overlap:
+        overlap = lexical_overlap(data)
+        for i in data["intents"]:
+            if i["kind"] == "paraphrase" and overlap[i["query"]]:
+                print(f"  paraphrase shares {sorted(overlap[i['query']])}: {i['query']!r}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"label": label, "results": results}, fh, indent=1)
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="evaluate a running broker instead of the in-process engine")
+    p.add_argument("--embedder", default=os.environ.get("MQ9FAST_EMBEDDER", "auto"),
+                   choices=("auto", "minilm", "hash"))
+    p.add_argument("--model-dir")
+    p.add_argument("--set", default=str(EVAL_SET))
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--verbose", "-v", action="store_true", help="print every miss")
+    p.add_argument("--perf", type=int, metavar="N", help="engine performance at N agents")
+    p.add_argument("--queries", type=int, default=300, help="semantic queries timed by --perf")
+    p.add_argument("--data-dir", help="--perf: keep the engine's LMDB here (reused next time)")
+    p.add_argument("--check-overlap", action="store_true",
+                   help="list paraphrase intents that share a token with their card")
+    args = p.parse_args()
+    try:
+        import uvloop  # noqa: PLC0415
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(perf(args) if args.perf else main_async(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Prometheus metrics for ``/metrics`` (prometheus_client, names prefixed ``mq9fast_``, base units).
+
+Two sources:
+
+* ``BrokerCollector`` reads live broker state at scrape time: connections, traffic counters,
+  mq9 command counts (``Control.counts``), group-commit statistics (``Store``), mailbox and
+  registry statistics (``mailbox.stats()`` / ``registry.stats()`` when the services offer them);
+* histograms fed by hooks: command latency (``mq9fast_command_duration_seconds``, labelled by
+  command, so SEND and FETCH each have theirs) and, when the store reports each batch, the
+  group-commit batch size (``mq9fast_fsync_batch_size``).
+
+A failure while reading one source is logged once and skipped; a scrape never fails and never
+touches the broker's state.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .. import __version__
+from . import services
+
+log = logging.getLogger("mq9fast.http")
+
+#: commands the latency histogram knows (anything else is counted as "unknown")
+COMMANDS = ("MAILBOX.CREATE", "MSG.SEND", "MSG.FETCH", "MSG.ACK", "MSG.QUERY", "MSG.DELETE",
+            "AGENT.REGISTER", "AGENT.UNREGISTER", "AGENT.REPORT", "AGENT.DISCOVER")
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                   0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+def command_name(subject: bytes | str) -> str:
+    """``$mq9.AI.MSG.SEND.a.b`` -> ``MSG.SEND`` (one of COMMANDS, else ``unknown``)."""
+    if isinstance(subject, (bytes, bytearray, memoryview)):
+        subject = bytes(subject[:40]).decode("ascii", "replace")
+    parts = subject.split(".", 4)
+    if len(parts) >= 4:
+        name = parts[2] + "." + parts[3]
+        if name in COMMANDS:
+            return name
+    return "unknown"
+
+
+def client_counters(client: Any) -> tuple[int, int, int, int]:
+    """(msgs_in, msgs_out, bytes_in, bytes_out) of one connection, wherever the core keeps them
+    (on the ``Client`` or on its compiled ``core`` object)."""
+    core = getattr(client, "core", None)
+    out = []
+    for name in ("msgs_in", "msgs_out", "bytes_in", "bytes_out"):
+        value = getattr(client, name, None)
+        if value is None and core is not None:
+            value = getattr(core, name, None)
+        out.append(int(value or 0))
+    return out[0], out[1], out[2], out[3]
+
+
+class TrafficTotals:
+    """Monotonic message/byte totals although ``Server.varz()`` only sums live connections.
+
+    Uses ``server.closed_totals`` (msgs_in, msgs_out, bytes_in, bytes_out of connections that are
+    gone) when the core offers it; otherwise remembers each connection's last-seen counters and
+    keeps them when the connection disappears (traffic after the last scrape is then lost).
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[int, int, int, int]] = {}
+        self._retired = [0, 0, 0, 0]
+
+    def read(self, server: Any) -> tuple[int, int, int, int]:
+        clients = dict(getattr(server, "clients", {}) or {})
+        live = [0, 0, 0, 0]
+        seen: dict[int, tuple[int, int, int, int]] = {}
+        for cid, c in clients.items():
+            row = client_counters(c)
+            seen[cid] = row
+            for i in range(4):
+                live[i] += row[i]
+        closed = getattr(server, "closed_totals", None)
+        if closed is not None:
+            base = [int(x) for x in (closed() if callable(closed) else closed)][:4]
+        else:
+            for cid, row in self._last.items():
+                if cid not in seen:
+                    for i in range(4):
+                        self._retired[i] += row[i]
+            base = self._retired
+        self._last = seen
+        return tuple(base[i] + live[i] for i in range(4))  # type: ignore[return-value]
+
+
+class BrokerCollector(Collector):
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self.traffic = TrafficTotals()
+        self._warned: set[str] = set()
+
+    def _guard(self, what: str, fn: Callable[[], Iterable[Metric]]) -> list[Metric]:
+        try:
+            return list(fn())
+        except Exception:  # noqa: BLE001 - a scrape must not fail
+            if what not in self._warned:
+                self._warned.add(what)
+                log.exception("metrics: reading %s failed (reported once)", what)
+            return []
+
+    def collect(self) -> Iterable[Metric]:
+        b = self.broker
+        yield from self._guard("info", self._info)
+        if b.server is not None:
+            yield from self._guard("server", self._server)
+        if b.control is not None:
+            yield from self._guard("control", self._control)
+        if b.store is not None:
+            yield from self._guard("store", self._store)
+        yield from self._guard("mailbox", self._mailbox)
+        yield from self._guard("registry", self._registry)
+
+    # -- sections -------------------------------------------------------------------------------
+    def _info(self) -> Iterable[Metric]:
+        cfg = self.broker.config
+        info = InfoMetricFamily("mq9fast_build", "mq9fast version and the settings that matter for speed")
+        info.add_metric([], {"version": __version__, "fsync": str(cfg.fsync),
+                             "payload_encoding": str(cfg.payload_encoding), "workers": str(cfg.workers)})
+        yield info
+        server = self.broker.server
+        started = getattr(server, "started", None) if server is not None else None
+        if started:
+            yield GaugeMetricFamily("mq9fast_start_time_seconds", "when the broker started (unix time)",
+                                    value=float(started))
+            yield GaugeMetricFamily("mq9fast_uptime_seconds", "seconds since the broker started",
+                                    value=max(0.0, time.time() - float(started)))
+
+    def _server(self) -> Iterable[Metric]:
+        server = self.broker.server
+        clients = getattr(server, "clients", {}) or {}
+        yield GaugeMetricFamily("mq9fast_connections", "open client connections", value=len(clients))
+        router = getattr(server, "router", None)
+        if router is not None and hasattr(router, "count"):
+            yield GaugeMetricFamily("mq9fast_subscriptions", "active subscriptions", value=int(router.count))
+        m_in, m_out, b_in, b_out = self.traffic.read(server)
+        yield CounterMetricFamily("mq9fast_messages_in", "messages received from clients (PUB/HPUB)", value=m_in)
+        yield CounterMetricFamily("mq9fast_messages_out", "messages delivered to clients (MSG/HMSG)", value=m_out)
+        yield CounterMetricFamily("mq9fast_bytes_in", "payload bytes received from clients", value=b_in)
+        yield CounterMetricFamily("mq9fast_bytes_out", "payload bytes delivered to clients", value=b_out)
+        yield CounterMetricFamily("mq9fast_slow_consumers", "connections closed as slow consumers",
+                                  value=int(getattr(server, "slow_consumers", 0)))
+
+    def _control(self) -> Iterable[Metric]:
+        fam = CounterMetricFamily("mq9fast_commands", "mq9 commands handled, by command and outcome",
+                                  labels=["command", "outcome"])
+        for (command, outcome), n in sorted(dict(self.broker.control.counts).items()):
+            fam.add_metric([command, outcome], n)
+        yield fam
+
+    def _store(self) -> Iterable[Metric]:
+        st = self.broker.store
+        yield CounterMetricFamily("mq9fast_fsync_batches", "group-commit transactions (one fsync each under "
+                                  "fsync=always)", value=int(st.batches))
+        yield CounterMetricFamily("mq9fast_fsync_batched_writes", "write requests committed in those batches",
+                                  value=int(st.batched_writes))
+        yield GaugeMetricFamily("mq9fast_fsync_last_batch_size", "write requests in the last group commit",
+                                value=int(st.last_batch_size))
+        yield GaugeMetricFamily("mq9fast_fsync_max_batch_size", "largest group commit so far",
+                                value=int(st.max_batch_size))
+
+    def _mailbox(self) -> Iterable[Metric]:
+        stats = services.mailbox_stats(self.broker)
+        if not stats:
+            return
+        if "mailboxes" in stats:
+            yield GaugeMetricFamily("mq9fast_mailboxes", "live mailboxes", value=stats["mailboxes"])
+        by_prio = stats.get("messages_by_priority") or stats.get("messages")
+        if isinstance(by_prio, dict):
+            fam = GaugeMetricFamily("mq9fast_stored_messages", "visible stored messages, by priority lane",
+                                    labels=["priority"])
+            for prio in ("critical", "urgent", "normal"):
+                fam.add_metric([prio], float(by_prio.get(prio, 0)))
+            yield fam
+        if "messages_stored" in stats and not isinstance(by_prio, dict):
+            yield GaugeMetricFamily("mq9fast_stored_messages_all", "stored messages, all lanes (includes expired "
+                                    "ones not yet purged)", value=stats["messages_stored"])
+        if "delayed" in stats:
+            yield GaugeMetricFamily("mq9fast_delayed_messages", "delayed messages not yet visible",
+                                    value=stats["delayed"])
+        if "leases" in stats:
+            yield GaugeMetricFamily("mq9fast_leases_outstanding", "messages leased to a group and not yet "
+                                    "acknowledged", value=stats["leases"])
+        if "redeliveries" in stats:
+            yield CounterMetricFamily("mq9fast_redeliveries", "messages delivered again after a lease expired",
+                                      value=stats["redeliveries"])
+        if "groups" in stats:
+            yield GaugeMetricFamily("mq9fast_consumer_groups", "consumer groups", value=stats["groups"])
+        if "waiting_fetches" in stats:
+            yield GaugeMetricFamily("mq9fast_waiting_fetches", "long-polling FETCH requests",
+                                    value=stats["waiting_fetches"])
+
+    def _registry(self) -> Iterable[Metric]:
+        stats = services.registry_stats(self.broker)
+        if "agents" in stats:
+            yield GaugeMetricFamily("mq9fast_agents", "registered agents", value=stats["agents"])
+
+
+class Metrics:
+    """The per-broker prometheus registry plus the hooks that feed its histograms."""
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = BrokerCollector(broker)
+        self.registry.register(self.collector)
+        self.latency = Histogram("mq9fast_command_duration_seconds",
+                                 "mq9 command latency from dispatch to reply (FETCH includes its long-poll "
+                                 "wait), by command", ["command"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self._latency_children = {c: self.latency.labels(c) for c in COMMANDS + ("unknown",)}
+        self.batch_size = Histogram("mq9fast_fsync_batch_size", "write requests per group commit (fsync)",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self._uninstall: list[Callable[[], None]] = []
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def observe_command(self, command: str, outcome: str, seconds: float) -> None:
+        child = self._latency_children.get(command) or self._latency_children["unknown"]
+        child.observe(seconds)
+
+    def observe_batch(self, size: int, *_: Any) -> None:
+        self.batch_size.observe(size)
+
+    def install(self) -> None:
+        """Attach to the core's hooks; falls back to wrapping ``Control.dispatch`` on the instance."""
+        control = self.broker.control
+        if control is not None:
+            observers = getattr(control, "observers", None)
+            if isinstance(observers, list):
+                observers.append(self.observe_command)
+                self._uninstall.append(lambda: observers.remove(self.observe_command))
+            else:
+                self._wrap_dispatch(control)
+        store = self.broker.store
+        batch_observers = getattr(store, "batch_observers", None) if store is not None else None
+        if isinstance(batch_observers, list):
+            batch_observers.append(self.observe_batch)
+            self._uninstall.append(lambda: batch_observers.remove(self.observe_batch))
+
+    def _wrap_dispatch(self, control: Any) -> None:
+        original = control.dispatch
+        observe = self.observe_command
+        clock = time.perf_counter
+
+        def timed_dispatch(subject: bytes, headers: Any, payload: bytes, respond: Callable[[bytes], None]) -> None:
+            t0 = clock()
+
+            def timed_respond(body: bytes) -> None:
+                try:
+                    observe(command_name(subject), "", clock() - t0)
+                except Exception:  # noqa: BLE001 - metrics never break a reply
+                    pass
+                respond(body)
+
+            original(subject, headers, payload, timed_respond)
+
+        control.dispatch = timed_dispatch
+
+        def restore() -> None:
+            if control.__dict__.get("dispatch") is timed_dispatch:
+                del control.dispatch
+
+        self._uninstall.append(restore)
+
+    def uninstall(self) -> None:
+        for fn in reversed(self._uninstall):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                pass
+        self._uninstall.clear()

@@ -1,0 +1,1 @@
+"""Framework integrations: ``mq9fast.integrations.langchain`` (extra ``mq9fast[langchain]``)."""

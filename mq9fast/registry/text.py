@@ -1,0 +1,366 @@
+"""What of an agent card is searchable, how it is tokenised, and the BM25 keyword index.
+
+``card_text(body)`` walks a registered body and returns its *descriptive* strings (name,
+description, a text ``payload`` or the strings of a JSON ``payload``, skill names, descriptions,
+tags, examples, ...) joined as sentences, leaving out identifiers: mailbox addresses, versions,
+ids, URLs, MIME types and similar (DESIGN.md §4).  The same text feeds BM25 and the embedder.
+
+``tokens(text)`` = lower-cased alphanumeric words (CJK ideographs one per token), English
+stop-words dropped, a light suffix stemmer applied so "payments"/"payment" and
+"scheduling"/"schedule" meet.
+
+``TextIndex`` is an in-memory BM25 (k1 = 1.2, b = 0.75) inverted index: a posting list per term
+(Python lists for cheap appends, materialised as numpy arrays on first use after a change),
+document lengths and a live mask in numpy arrays.  Removal tombstones a slot and fixes the
+document frequencies at once; tombstoned slots are compacted away when they outnumber live ones.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# Searchable text of a card
+# --------------------------------------------------------------------------------------------
+
+#: keys (compared lower-case without ``_``/``-``) whose values are identifiers, never text
+IDENTIFIER_KEYS = frozenset(
+    """mailbox mailaddress address addr inbox replyto url uri urls iconurl documentationurl
+    homepage website href link links endpoint endpoints path version versions protocolversion
+    id ids agentid skillid uuid guid key apikey token secret password email mail
+    preferredtransport transport transports additionalinterfaces inputmodes outputmodes
+    defaultinputmodes defaultoutputmodes mimetype mimetypes mediatype contenttype
+    securityschemes security signatures signature jwks publickey created updated
+    createdat updatedat timestamp time ttl""".split()
+)
+
+#: keys whose text is most descriptive, emitted first (the embedder truncates long cards)
+_FIRST_KEYS = ("name", "title", "display_name", "displayName", "description", "summary",
+               "payload", "agent_info", "capabilities_text")
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_VERSION = re.compile(r"^[vV]?\d+(\.\d+)+([-+][\w.]+)?$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+_HEX = re.compile(r"^[0-9a-fA-F]{16,}$")
+_MIME = re.compile(r"^[a-z]+/[a-z0-9.+*-]+(;.*)?$")
+# dotted/colon/slash paths with three or more segments and no spaces: "org.acme.pay.inbox"
+_PATHLIKE = re.compile(r"^[\w-]+(?:[.:/@#][\w-]+){2,}$")
+
+
+def _norm_key(key: str) -> str:
+    return key.lower().replace("_", "").replace("-", "")
+
+
+def is_identifier(value: str) -> bool:
+    """True for strings that name or address something rather than describe it."""
+    v = value.strip()
+    if not v:
+        return True
+    if " " in v:
+        return bool(_URL.match(v))
+    return bool(_URL.match(v) or _EMAIL.match(v) or _VERSION.match(v) or _UUID.match(v)
+                or _HEX.match(v) or _MIME.match(v) or _PATHLIKE.match(v))
+
+
+def _maybe_json(s: str) -> Any:
+    t = s.strip()
+    if len(t) >= 2 and t[0] in "{[" and t[-1] in "}]":
+        try:
+            return json.loads(t)
+        except ValueError:
+            return None
+    return None
+
+
+def _walk(value: Any, out: list[str], seen: set[str], depth: int) -> None:
+    if depth > 32:
+        return
+    if isinstance(value, str):
+        doc = _maybe_json(value)
+        if doc is not None:
+            _walk(doc, out, seen, depth + 1)
+            return
+        text = " ".join(value.split())
+        if text and text not in seen and not is_identifier(text):
+            seen.add(text)
+            out.append(text)
+        return
+    if isinstance(value, dict):
+        keys = [k for k in _FIRST_KEYS if k in value]
+        keys += [k for k in value if k not in _FIRST_KEYS]
+        for k in keys:
+            if not isinstance(k, str) or _norm_key(k) in IDENTIFIER_KEYS:
+                continue
+            v = value[k]
+            if k == "name" and isinstance(v, str):
+                # an agent/skill name is descriptive even when it looks like an address
+                # ("agent.translator"): keep its words, not its punctuation
+                words = " ".join(re.split(r"[\W_]+", v)).strip()
+                if words and words not in seen and not _URL.match(v):
+                    seen.add(words)
+                    out.append(words)
+                continue
+            _walk(v, out, seen, depth + 1)
+        return
+    if isinstance(value, list):
+        for v in value:
+            _walk(v, out, seen, depth + 1)
+    # numbers, booleans, null: not text
+
+
+def card_parts(body: Any) -> list[str]:
+    """The descriptive strings of ``body``, most descriptive first, de-duplicated."""
+    out: list[str] = []
+    _walk(body, out, set(), 0)
+    return out
+
+
+def card_text(body: Any, parts: list[str] | None = None) -> str:
+    """The searchable text of a card: its descriptive strings as sentences."""
+    if parts is None:
+        parts = card_parts(body)
+    return ". ".join(p.rstrip(".;: ") for p in parts if p.rstrip(".;: "))
+
+
+MAX_PARTS = 32
+
+
+def embed_texts(body: Any) -> list[str]:
+    """What is embedded for a card: the whole card text first, then each descriptive string
+    of two or more words on its own (at most ``MAX_PARTS``; none when there is only one).  A card scores
+    ``(1 - PART_WEIGHT) * cos(query, card) + PART_WEIGHT * max cos(query, part)``, so a query
+    that matches one skill of a many-skill card is not drowned by the rest of the card."""
+    parts = card_parts(body)
+    full = card_text(body, parts)
+    # single words (tags, one-word names) are not sentences: as parts they only add noise
+    parts = [p for p in parts if len(p.split()) >= 2]
+    if len(parts) <= 1:
+        return [full]
+    return [full] + parts[:MAX_PARTS]
+
+
+# --------------------------------------------------------------------------------------------
+# Tokens
+# --------------------------------------------------------------------------------------------
+
+STOP_WORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before
+    being below between both but by can could did do does doing done down during each either
+    else etc ever every few for from further get gets got had has have having he her here hers
+    herself him himself his how i if in into is it its itself just let like may me might more
+    most much must my myself need needs no nor not now of off on once one only or other our
+    ours ourselves out over own per please same shall she should so some such than that the
+    their theirs them themselves then there these they this those through thus to too under
+    until up upon us use used uses using very via want wants was we were what when where which
+    while who whom whose why will with within without would yet you your yours yourself
+    yourselves""".split()
+)
+
+_WORD = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W_]+", re.UNICODE
+)
+
+_SUFFIXES = ("ational", "ations", "ation", "ators", "ator", "ings", "ing", "ions", "ion",
+             "ers", "er", "ed", "ies", "es", "s", "e", "y")
+
+
+def stem(word: str) -> str:
+    """A deliberately light suffix stripper (only for ASCII letter words longer than 4)."""
+    if len(word) <= 4 or not word.isascii() or not word.isalpha():
+        return word
+    if word.endswith("ss"):
+        return word
+    for suf in _SUFFIXES:
+        if word.endswith(suf) and len(word) - len(suf) >= 4:
+            word = word[: -len(suf)]
+            break
+    if len(word) > 4 and word[-1] == word[-2] and word[-1] not in "aeiouls":
+        word = word[:-1]  # "planning" -> "plann" -> "plan"
+    return word
+
+
+_stem_cache: dict[str, str] = {}
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased, stop-word-free, stemmed tokens of ``text``."""
+    out = []
+    cache = _stem_cache
+    for w in _WORD.findall(text.lower()):
+        if w in STOP_WORDS:
+            continue
+        s = cache.get(w)
+        if s is None:
+            s = stem(w)
+            if len(cache) < 200_000:
+                cache[w] = s
+        out.append(s)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# BM25
+# --------------------------------------------------------------------------------------------
+
+K1 = 1.2
+B = 0.75
+
+
+class _Postings:
+    __slots__ = ("slots", "tfs", "a_slots", "a_tfs")
+
+    def __init__(self) -> None:
+        self.slots: list[int] = []
+        self.tfs: list[float] = []
+        self.a_slots: np.ndarray | None = None
+        self.a_tfs: np.ndarray | None = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.a_slots is None or len(self.a_slots) != len(self.slots):
+            self.a_slots = np.array(self.slots, dtype=np.int64)
+            self.a_tfs = np.array(self.tfs, dtype=np.float32)
+        return self.a_slots, self.a_tfs
+
+
+class TextIndex:
+    """BM25 over named documents; ``upsert``/``remove``/``search``."""
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        self.slot_of: dict[str, int] = {}
+        self.names: list[str | None] = []
+        self.doc_terms: list[dict[str, int] | None] = []
+        self.doc_len = np.zeros(64, dtype=np.float32)
+        self.alive = np.zeros(64, dtype=bool)
+        self.postings: dict[str, _Postings] = {}
+        self.df: dict[str, int] = {}
+        self.total_len = 0
+        self.n_dead = 0
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.slot_of
+
+    def upsert(self, name: str, toks: Iterable[str]) -> None:
+        if name in self.slot_of:
+            self.remove(name)
+        tf: dict[str, int] = {}
+        n = 0
+        for t in toks:
+            tf[t] = tf.get(t, 0) + 1
+            n += 1
+        slot = len(self.names)
+        if slot >= len(self.doc_len):
+            cap = len(self.doc_len) * 2
+            self.doc_len = np.resize(self.doc_len, cap)
+            alive = np.zeros(cap, dtype=bool)
+            alive[:slot] = self.alive[:slot]
+            self.alive = alive
+        self.names.append(name)
+        self.doc_terms.append(tf)
+        self.doc_len[slot] = n
+        self.alive[slot] = True
+        self.slot_of[name] = slot
+        self.total_len += n
+        postings, df = self.postings, self.df
+        for t, c in tf.items():
+            p = postings.get(t)
+            if p is None:
+                p = postings[t] = _Postings()
+            p.slots.append(slot)
+            p.tfs.append(float(c))
+            df[t] = df.get(t, 0) + 1
+
+    def remove(self, name: str) -> bool:
+        slot = self.slot_of.pop(name, None)
+        if slot is None:
+            return False
+        tf = self.doc_terms[slot]
+        self.alive[slot] = False
+        self.total_len -= int(self.doc_len[slot])
+        self.doc_terms[slot] = None
+        self.names[slot] = None
+        df = self.df
+        for t in tf or ():
+            c = df[t] - 1
+            if c <= 0:
+                del df[t]
+                del self.postings[t]
+            else:
+                df[t] = c
+        self.n_dead += 1
+        if self.n_dead > 1024 and self.n_dead > len(self.slot_of):
+            self._compact()
+        return True
+
+    def _compact(self) -> None:
+        live = [(self.names[s], self.doc_terms[s]) for s in self.slot_of.values()]
+        self._clear()
+        for name, tf in live:
+            self.upsert(name, (t for t, c in tf.items() for _ in range(c)))
+
+    def scores(self, query_tokens: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, scores) of every live document sharing a term with the query (unsorted)."""
+        n = len(self.slot_of)
+        if not n:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        avgdl = max(self.total_len / n, 1e-9)
+        nslots = len(self.names)
+        acc = None
+        for t in set(query_tokens):
+            p = self.postings.get(t)
+            if p is None:
+                continue
+            df = self.df[t]
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            s, tf = p.arrays()
+            norm = tf + K1 * (1.0 - B + B * (self.doc_len[s] / avgdl))
+            contrib = (idf * (K1 + 1.0)) * tf / norm
+            if acc is None:
+                acc = np.zeros(nslots, dtype=np.float32)
+            acc[s] += contrib
+        if acc is None:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        cand = np.flatnonzero(acc)
+        if self.n_dead:
+            cand = cand[self.alive[cand]]
+        return cand, acc[cand]
+
+    def search(self, query_tokens: Iterable[str], need: int) -> tuple[list[tuple[str, float]], int]:
+        """Top ``need`` (plus ties) as [(name, score)] by score desc then name; and the total."""
+        slots, sc = self.scores(query_tokens)
+        return top_named(slots, sc, need, self.names), len(slots)
+
+
+def top_named(slots: np.ndarray, scores: np.ndarray, need: int, names: list
+              ) -> list[tuple[str, float]]:
+    """Rank (slot, score) pairs: the best ``need`` (and everything tied with the last), sorted by
+    score descending then name."""
+    m = len(slots)
+    if m == 0:
+        return []
+    if need < m:
+        part = np.argpartition(-scores, need - 1)
+        cut = scores[part[need - 1]]
+        idx = np.flatnonzero(scores >= cut)
+    else:
+        idx = range(m)
+    out = [(names[slots[i]], float(scores[i])) for i in idx]
+    out.sort(key=lambda x: (-x[1], x[0]))
+    return out
+
+
+def iter_words(text: str) -> Iterator[str]:
+    """Lower-cased words without stop-words and without stemming (for the hash embedder)."""
+    for w in _WORD.findall(text.lower()):
+        if w not in STOP_WORDS:
+            yield w

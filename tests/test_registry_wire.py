@@ -1,0 +1,375 @@
+"""Agent registry over the wire (PROTOCOL.md §7, DESIGN.md §3.8/§4): body shapes, upsert,
+unregister, reports, DISCOVER modes and pagination, error texts, the RobustMQ scenario.
+
+All tests share one broker (``shared_broker``); each uses its own agent names and rare words so
+they do not see each other's agents.
+"""
+from __future__ import annotations
+
+import json
+
+import nats
+import pytest
+
+SUBJ = "$mq9.AI.AGENT."
+
+
+@pytest.fixture
+async def client(shared_broker):
+    nc = await nats.connect(shared_broker.url, allow_reconnect=False)
+    yield nc
+    await nc.close()
+
+
+async def req(nc, cmd: str, body) -> dict:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    msg = await nc.request(SUBJ + cmd, data, timeout=30)
+    return json.loads(msg.data)
+
+
+async def ok(nc, cmd: str, body) -> dict:
+    reply = await req(nc, cmd, body)
+    assert reply["error"] == "", reply
+    return reply
+
+
+async def names(nc, body) -> list[str]:
+    return [e["name"] for e in (await ok(nc, "DISCOVER", body))["agents"]]
+
+
+def by_name(reply: dict, name: str) -> dict:
+    entries = [e for e in reply["agents"] if e["name"] == name]
+    assert entries, f"{name} not in {[e['name'] for e in reply['agents']]}"
+    return entries[0]
+
+
+# --------------------------------------------------------------------------------------------
+# REGISTER body shapes
+# --------------------------------------------------------------------------------------------
+
+async def test_shape_a_text_payload(client):
+    body = {"name": "shape.a.translator", "mailbox": "shape.a.translator",
+            "payload": "Translation between Quenya and Sindarin"}
+    assert await req(client, "REGISTER", body) == {"error": ""}
+    e = by_name(await ok(client, "DISCOVER", {"text": "quenya"}), "shape.a.translator")
+    assert e["mailbox"] == "shape.a.translator"
+    assert e["payload"] == body["payload"]
+    assert e["agent_info"] == body["payload"]
+    assert e["description"] == body["payload"]
+    assert e["agent_id"] == "default/shape.a.translator"
+    assert isinstance(e["score"], float) and e["score"] > 0
+    assert e["last_report"] is None and e["last_report_time"] is None
+
+
+async def test_shape_a_agent_card_json_payload(client):
+    card = {"name": "Glimmer", "description": "Polishes gemstone catalogues",
+            "version": "2.0.1", "url": "https://glimmer.example.com/a2a",
+            "skills": [{"id": "sk-77", "name": "facet", "description": "facet grading reports",
+                        "tags": ["lapidary"], "examples": ["grade this sapphire"]}]}
+    body = {"name": "shape.a.card", "payload": json.dumps(card)}
+    await ok(client, "REGISTER", body)
+    # strings inside the JSON payload are searchable: description, skill name/description,
+    # tags and examples
+    for word in ("gemstone", "facet", "lapidary", "sapphire"):
+        assert "shape.a.card" in await names(client, {"text": word}), word
+    e = by_name(await ok(client, "DISCOVER", {"text": "lapidary"}), "shape.a.card")
+    assert e["agent_info"] == body["payload"]
+    assert e["payload"] == body["payload"]
+    assert e["description"] == "Polishes gemstone catalogues"
+    # identifiers are not: id, version, url
+    for word in ("sk", "77", "example.com", "https", "a2a", "2.0.1"):
+        assert "shape.a.card" not in await names(client, {"text": word}), word
+
+
+@pytest.mark.parametrize("style", ["camel", "snake"])
+async def test_shape_b_a2a_agent_card(client, style):
+    name = f"shape.b.{style}"
+    modes = ({"defaultInputModes": ["text/plain"], "protocolVersion": "0.3.0",
+              "preferredTransport": "JSONRPC"} if style == "camel" else
+             {"default_input_modes": ["text/plain"], "protocol_version": "0.3.0"})
+    body = {"name": name, "description": f"Marmalade {style} tasting agent",
+            "version": "1.0.0", "capabilities": {"streaming": False},
+            "skills": [{"id": "s1", "name": "zest", "description": "rates bitterness of peel",
+                        "tags": ["citrus"]}], **modes}
+    await ok(client, "REGISTER", body)
+    for word in ("marmalade", "zest", "bitterness", "citrus"):
+        assert name in await names(client, {"text": word}), word
+    e = by_name(await ok(client, "DISCOVER", {"text": f"marmalade {style}"}), name)
+    # the stored card comes back as registered
+    for k, v in body.items():
+        assert e[k] == v, k
+    assert json.loads(e["agent_info"]) == body
+    assert e["description"] == body["description"]
+    assert "jsonrpc" not in [w.lower() for w in await names(client, {"text": "jsonrpc"})]
+
+
+async def test_shape_c_object_with_mailbox_only(client):
+    body = {"mailbox": "shape.c.inbox.x1", "description": "Weighs zeppelin ballast",
+            "skills": ["ballast", "buoyancy"]}
+    await ok(client, "REGISTER", body)
+    e = by_name(await ok(client, "DISCOVER", {"text": "zeppelin"}), "shape.c.inbox.x1")
+    assert e["mailbox"] == "shape.c.inbox.x1"
+    assert e["skills"] == ["ballast", "buoyancy"]
+    assert json.loads(e["agent_info"]) == body
+    assert "shape.c.inbox.x1" in await names(client, {"text": "buoyancy"})
+    # the mailbox address itself is an identifier, not searchable text
+    assert "shape.c.inbox.x1" not in await names(client, {"text": "x1"})
+
+
+async def test_shape_nested_agent_card_and_extras(client):
+    body = {"name": "shape.nested", "mailbox": "shape.nested", "payload": "Kiln agent",
+            "agent_card": {"name": "kiln", "description": "fires porcelain",
+                           "skills": [{"name": "glaze", "tags": ["celadon"]}]},
+            "owner": {"team": "ceramics"}, "priority": 3}
+    await ok(client, "REGISTER", body)
+    for word in ("porcelain", "celadon", "ceramics", "kiln"):
+        assert "shape.nested" in await names(client, {"text": word}), word
+    e = by_name(await ok(client, "DISCOVER", {"text": "porcelain"}), "shape.nested")
+    assert e["agent_card"] == body["agent_card"] and e["priority"] == 3
+    assert e["owner"] == {"team": "ceramics"}
+
+
+async def test_name_falls_back_to_mailbox_and_empty_name(client):
+    await ok(client, "REGISTER", {"name": "", "mailbox": "shape.fallback.box",
+                                  "description": "Counts hedgehogs"})
+    assert "shape.fallback.box" in await names(client, {"text": "hedgehogs"})
+
+
+async def test_entry_keys_override_body_keys(client):
+    body = {"name": "shape.override", "description": "Tunes theremins",
+            "score": "high", "agent_id": "x", "last_report": "never", "agent_info": "mine"}
+    await ok(client, "REGISTER", body)
+    e = by_name(await ok(client, "DISCOVER", {"text": "theremins"}), "shape.override")
+    assert isinstance(e["score"], float)
+    assert e["agent_id"] == "default/shape.override"
+    assert e["last_report"] is None
+    assert json.loads(e["agent_info"]) == body
+
+
+# --------------------------------------------------------------------------------------------
+# upsert, unregister, report
+# --------------------------------------------------------------------------------------------
+
+async def test_reregister_replaces(client):
+    await ok(client, "REGISTER", {"name": "upsert.agent", "mailbox": "upsert.box.one",
+                                  "payload": "Repairs accordions"})
+    await ok(client, "REGISTER", {"name": "upsert.agent", "mailbox": "upsert.box.two",
+                                  "payload": "Tunes bagpipes"})
+    assert "upsert.agent" not in await names(client, {"text": "accordions"})
+    e = by_name(await ok(client, "DISCOVER", {"text": "bagpipes"}), "upsert.agent")
+    assert e["mailbox"] == "upsert.box.two" and e["payload"] == "Tunes bagpipes"
+    semantic = await ok(client, "DISCOVER", {"semantic": "bagpipe tuning", "limit": 1000})
+    assert sum(1 for x in semantic["agents"] if x["name"] == "upsert.agent") == 1
+    listed = await ok(client, "DISCOVER", {"limit": 1000})
+    assert sum(1 for x in listed["agents"] if x["name"] == "upsert.agent") == 1
+    # the old mailbox no longer addresses it
+    await ok(client, "UNREGISTER", {"mailbox": "upsert.box.one"})
+    assert "upsert.agent" in await names(client, {"text": "bagpipes"})
+
+
+async def test_unregister_by_name(client):
+    await ok(client, "REGISTER", {"name": "unreg.byname", "payload": "Sharpens katanas"})
+    assert "unreg.byname" in await names(client, {"text": "katanas"})
+    assert await req(client, "UNREGISTER", {"name": "unreg.byname"}) == {"error": ""}
+    assert "unreg.byname" not in await names(client, {"text": "katanas"})
+    assert "unreg.byname" not in await names(client, {"semantic": "sharpen a katana",
+                                                      "limit": 1000})
+    assert "unreg.byname" not in await names(client, {"limit": 1000})
+    # unknown name: still success
+    assert await req(client, "UNREGISTER", {"name": "unreg.never.there"}) == {"error": ""}
+
+
+async def test_unregister_by_mailbox(client):
+    # the SDKs send {"mailbox": ...}: removes every agent registered with that mailbox
+    await ok(client, "REGISTER", {"name": "unreg.mb.a", "mailbox": "unreg.shared.box",
+                                  "payload": "Paints lighthouses"})
+    await ok(client, "REGISTER", {"name": "unreg.mb.b", "mailbox": "unreg.shared.box",
+                                  "payload": "Paints lighthouses at night"})
+    await ok(client, "REGISTER", {"mailbox": "unreg.only.box", "description": "Paints lighthouses"})
+    await ok(client, "REGISTER", {"name": "unreg.mb.keep", "mailbox": "unreg.other.box",
+                                  "payload": "Paints lighthouses too"})
+    found = await names(client, {"text": "lighthouses"})
+    assert {"unreg.mb.a", "unreg.mb.b", "unreg.only.box", "unreg.mb.keep"} <= set(found)
+    await ok(client, "UNREGISTER", {"mailbox": "unreg.shared.box"})
+    await ok(client, "UNREGISTER", {"mailbox": "unreg.only.box"})
+    found = await names(client, {"text": "lighthouses"})
+    assert "unreg.mb.keep" in found
+    assert not {"unreg.mb.a", "unreg.mb.b", "unreg.only.box"} & set(found)
+    await ok(client, "UNREGISTER", {"mailbox": "unreg.nothing.here"})
+
+
+async def test_agents_do_not_expire_by_default(client):
+    import asyncio
+
+    await ok(client, "REGISTER", {"name": "nottl.agent", "payload": "Patient tortoise"})
+    await asyncio.sleep(1.2)
+    assert await names(client, {"text": "tortoise"}) == ["nottl.agent"]
+
+
+async def test_report_fields_in_discover(client):
+    await ok(client, "REGISTER", {"name": "report.agent", "mailbox": "report.box",
+                                  "payload": "Calibrates sextants"})
+    e = by_name(await ok(client, "DISCOVER", {"text": "sextants"}), "report.agent")
+    assert e["last_report"] is None and e["last_report_time"] is None
+    await ok(client, "REPORT", {"name": "report.agent", "report_info": "busy", "load": 0.5})
+    e = by_name(await ok(client, "DISCOVER", {"text": "sextants"}), "report.agent")
+    assert e["last_report"] == {"name": "report.agent", "report_info": "busy", "load": 0.5}
+    assert isinstance(e["last_report_time"], int) and e["last_report_time"] > 1_700_000_000
+    # by mailbox (Go/JS/Java send {mailbox, status...}); the latest report wins, in every mode
+    await ok(client, "REPORT", {"mailbox": "report.box", "status": "idle", "queue": 0})
+    for query in ({"text": "sextants"}, {"semantic": "calibrate a sextant", "limit": 1000},
+                  {"limit": 1000}):
+        e = by_name(await ok(client, "DISCOVER", query), "report.agent")
+        assert e["last_report"] == {"mailbox": "report.box", "status": "idle", "queue": 0}
+    # unknown agent: success, nothing stored
+    assert await req(client, "REPORT", {"name": "report.unknown"}) == {"error": ""}
+    # re-registering keeps the last report
+    await ok(client, "REGISTER", {"name": "report.agent", "mailbox": "report.box",
+                                  "payload": "Calibrates sextants and astrolabes"})
+    e = by_name(await ok(client, "DISCOVER", {"text": "astrolabes"}), "report.agent")
+    assert e["last_report"]["status"] == "idle"
+
+
+# --------------------------------------------------------------------------------------------
+# DISCOVER modes and pagination
+# --------------------------------------------------------------------------------------------
+
+async def test_discover_modes_and_precedence(client):
+    await ok(client, "REGISTER", {"name": "mode.cheese", "payload": "Ages cheddar wheels"})
+    await ok(client, "REGISTER", {"name": "mode.wine", "payload": "Decants vintage wine"})
+    # semantic wins over text
+    top = await names(client, {"semantic": "decanting red wine", "text": "cheddar"})
+    assert top.index("mode.wine") < top.index("mode.cheese")
+    # text ranks only agents sharing a token, by score
+    assert await names(client, {"text": "cheddar wheels"}) == ["mode.cheese"]
+    assert await names(client, {"text": "zzqqxy nonexistentword"}) == []
+    assert await names(client, {"text": "the and of"}) == []  # only stop-words
+    # semantic ranks every agent (no threshold)
+    listed = await ok(client, "DISCOVER", {"limit": 1000})
+    semantic = await ok(client, "DISCOVER", {"semantic": "decanting red wine", "limit": 1000})
+    assert len(semantic["agents"]) == len(listed["agents"])
+    assert semantic["agents"][0]["name"] == "mode.wine"
+    scores = [e["score"] for e in semantic["agents"]]
+    assert scores == sorted(scores, reverse=True)
+    # list-all: sorted by name, no score
+    all_names = [e["name"] for e in listed["agents"]]
+    assert all_names == sorted(all_names)
+    assert all("score" not in e for e in listed["agents"])
+    # empty body and empty strings = list all
+    assert (await ok(client, "DISCOVER", b""))["agents"][:3] == listed["agents"][:3]
+    assert (await names(client, {"text": "", "semantic": "", "limit": 1000})) == all_names
+
+
+async def _pages(client, query: dict, limit: int) -> list[str]:
+    out: list[str] = []
+    page = 1
+    while True:
+        got = await names(client, {**query, "limit": limit, "page": page})
+        assert len(got) <= limit
+        if not got:
+            return out
+        out += got
+        page += 1
+
+
+async def test_pagination_in_every_mode(client):
+    for i in range(7):
+        await ok(client, "REGISTER", {"name": f"page.agent.{i}",
+                                      "payload": f"Knits woollen scarves pattern {i}"})
+    for query in ({}, {"text": "woollen scarves"}, {"semantic": "knitting a scarf"}):
+        full = await names(client, {**query, "limit": 1000})
+        assert await _pages(client, query, 3) == full, query
+        # default limit 20, page 0 = page 1
+        assert await names(client, {**query, "page": 0}) == full[:20]
+        assert await names(client, {**query, "limit": 2, "page": 10_000}) == []
+    assert len(await names(client, {"text": "woollen"})) == 7
+    assert await names(client, {"text": "woollen", "limit": 2, "page": 4}) == [
+        (await names(client, {"text": "woollen", "limit": 1000}))[6]]
+    # limit 0 = default, huge limits are clamped
+    assert len(await names(client, {"text": "woollen", "limit": 0})) == 7
+    assert len(await names(client, {"text": "woollen", "limit": 4_000_000_000})) == 7
+
+
+async def test_robustmq_scenario(client):
+    """RobustMQ integration test agent_core / agent_discover."""
+    card = {"name": "payment-agent", "description": "Handles payments and invoicing",
+            "version": "1.0.0", "url": "http://localhost:8080",
+            "capabilities": {"streaming": False},
+            "defaultInputModes": ["text"], "defaultOutputModes": ["text"],
+            "skills": [{"id": "pay", "name": "process payment",
+                        "description": "Process a payment and generate invoice",
+                        "tags": ["payment", "invoice"]}]}
+    await ok(client, "REGISTER", {"name": "robustmq.payment", "payload": json.dumps(card)})
+    assert "robustmq.payment" in await names(client, {"text": "payment invoice"})
+    found = await names(client, {"semantic": "process a payment and generate invoice"})
+    assert "robustmq.payment" in found
+    await ok(client, "UNREGISTER", {"name": "robustmq.payment"})
+    assert "robustmq.payment" not in await names(client, {"text": "payment invoice"})
+    assert "robustmq.payment" not in await names(
+        client, {"semantic": "process a payment and generate invoice", "limit": 1000})
+
+
+async def test_register_is_visible_to_the_next_discover(client):
+    # several REGISTERs in flight at once (one batch), each visible right after its reply
+    import asyncio
+
+    bodies = [{"name": f"burst.{i}", "payload": f"Restores harpsichord number {i}"}
+              for i in range(20)]
+    replies = await asyncio.gather(*(req(client, "REGISTER", b) for b in bodies))
+    assert all(r == {"error": ""} for r in replies)
+    assert len(await names(client, {"text": "harpsichord", "limit": 100})) == 20
+    sem = await names(client, {"semantic": "harpsichord restoration", "limit": 20})
+    assert set(sem) == {f"burst.{i}" for i in range(20)}
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: exact texts, connection still usable
+# --------------------------------------------------------------------------------------------
+
+BAD = [
+    ("REGISTER", b"", "payload must not be empty"),
+    ("REGISTER", b"   ", "payload must not be empty"),
+    ("REGISTER", b"not json", "invalid AGENT.REGISTER payload: "),
+    ("REGISTER", b"[1,2]", "invalid AGENT.REGISTER payload: "),
+    ("REGISTER", b'"text"', "invalid AGENT.REGISTER payload: "),
+    ("REGISTER", b"\xff\xfe", "invalid AGENT.REGISTER payload: "),
+    ("REGISTER", b"{}", "agent name must not be empty"),
+    ("REGISTER", b'{"payload":"x"}', "agent name must not be empty"),
+    ("REGISTER", b'{"name":"","mailbox":""}', "agent name must not be empty"),
+    ("REGISTER", b'{"name":"bad.info","payload":""}', "agent_info must not be empty"),
+    ("REGISTER", b'{"name":42}', "invalid AGENT.REGISTER payload: `name` must be a string"),
+    ("REGISTER", b'{"name":"bad.mb","mailbox":["a"]}',
+     "invalid AGENT.REGISTER payload: `mailbox` must be a string"),
+    ("REGISTER", json.dumps({"name": "x" * 300}).encode(), "invalid AGENT.REGISTER payload: "),
+    ("UNREGISTER", b"", "agent name must not be empty"),
+    ("UNREGISTER", b"{}", "agent name must not be empty"),
+    ("UNREGISTER", b"{bad", "invalid AGENT.UNREGISTER payload: "),
+    ("UNREGISTER", b'{"name":7}', "invalid AGENT.UNREGISTER payload: `name` must be a string"),
+    ("REPORT", b"{}", "agent name must not be empty"),
+    ("REPORT", b"nope", "invalid AGENT.REPORT payload: "),
+    ("REPORT", b'{"mailbox":false}', "invalid AGENT.REPORT payload: `mailbox` must be a string"),
+    ("DISCOVER", b"nope", "invalid AGENT.DISCOVER payload: "),
+    ("DISCOVER", b"[]", "invalid AGENT.DISCOVER payload: "),
+    ("DISCOVER", b'{"text":5}', "invalid AGENT.DISCOVER payload: `text` must be a string"),
+    ("DISCOVER", b'{"semantic":{}}', "invalid AGENT.DISCOVER payload: `semantic` must be a string"),
+    ("DISCOVER", b'{"limit":-1}', "invalid AGENT.DISCOVER payload: `limit` must be a non-negative"),
+    ("DISCOVER", b'{"limit":"5"}', "invalid AGENT.DISCOVER payload: `limit` must be a non-negative"),
+    ("DISCOVER", b'{"page":1.5}', "invalid AGENT.DISCOVER payload: `page` must be a non-negative"),
+    ("DISCOVER", b'{"limit":true}', "invalid AGENT.DISCOVER payload: `limit` must be a non-negative"),
+]
+
+
+@pytest.mark.parametrize("cmd,body,text", BAD, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(BAD)])
+async def test_bad_input(client, cmd, body, text):
+    reply = await req(client, cmd, body)
+    assert list(reply) == ["error"], reply  # failure replies carry only the error
+    if text.endswith(": ") or text.endswith("non-negative"):
+        assert reply["error"].startswith(text), reply
+        assert len(reply["error"]) > len(text)
+    else:
+        assert reply["error"] == text
+    # nothing stored half-way; the connection is still usable
+    assert (await req(client, "DISCOVER", {"limit": 1}))["error"] == ""
+    if cmd == "REGISTER":
+        assert "bad.info" not in await names(client, {"limit": 1000})
+        assert "bad.mb" not in await names(client, {"limit": 1000})
