@@ -343,6 +343,8 @@ class Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._ping_task: asyncio.Task | None = None
         self.slow_consumers = 0
+        # msgs_in, msgs_out, bytes_in, bytes_out of connections that have closed (for metrics)
+        self.closed_totals = [0, 0, 0, 0]
         self.started = time.time()
         self.port = config.port
         self._info_base: dict = {}
@@ -408,7 +410,12 @@ class Server:
             await asyncio.sleep(0.01)
 
     def drop_client(self, client: Client) -> None:
-        self.clients.pop(client.cid, None)
+        if self.clients.pop(client.cid, None) is not None:
+            totals, core = self.closed_totals, client.core
+            totals[0] += core.msgs_in
+            totals[1] += core.msgs_out
+            totals[2] += client.bytes_in
+            totals[3] += core.bytes_out
         for sub in list(client.subs.values()):
             self.router.remove(sub)
             if self.cluster is not None:
@@ -483,10 +490,10 @@ class Server:
             "uptime_s": time.time() - self.started,
             "connections": len(clients),
             "subscriptions": self.router.count,
-            "in_msgs": sum(c.core.msgs_in for c in clients),
-            "out_msgs": sum(c.core.msgs_out for c in clients),
-            "in_bytes": sum(c.bytes_in for c in clients),
-            "out_bytes": sum(c.core.bytes_out for c in clients),
+            "in_msgs": self.closed_totals[0] + sum(c.core.msgs_in for c in clients),
+            "out_msgs": self.closed_totals[1] + sum(c.core.msgs_out for c in clients),
+            "in_bytes": self.closed_totals[2] + sum(c.bytes_in for c in clients),
+            "out_bytes": self.closed_totals[3] + sum(c.core.bytes_out for c in clients),
             "slow_consumers": self.slow_consumers,
             "compiled": COMPILED,
             "worker_id": self.worker_id,

@@ -6,6 +6,7 @@ and returns a ``BrokerProcess``; ``broker`` is one per test, ``shared_broker`` o
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -186,6 +187,27 @@ def core_broker(request, tmp_path_factory):
     b.start()
     yield b
     b.stop()
+
+
+async def connect_to_worker(b, worker: int, timeout: float = 15.0):
+    """Open connections until one lands on ``worker`` (SO_REUSEPORT spreads them)."""
+    import nats
+
+    spare = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            nc = await nats.connect(b.url, allow_reconnect=False)
+            if nc._server_info.get("worker_id", 0) == worker:
+                return nc
+            spare.append(nc)
+            if len(spare) > 20:
+                await spare.pop(0).close()
+        raise AssertionError(f"no connection landed on worker {worker}")
+    finally:
+        for nc in spare:
+            await nc.close()
 
 
 @pytest.fixture

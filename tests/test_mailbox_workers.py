@@ -8,25 +8,8 @@ import time
 import nats
 import pytest
 
+from conftest import connect_to_worker
 from test_mailbox_support import ack, create, data, fetch, ids, module_broker, send, uniq
-
-
-async def connect_to_worker(b, worker: int, timeout: float = 15.0):
-    spare = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-            nc = await nats.connect(b.url, allow_reconnect=False)
-            if nc._server_info.get("worker_id", 0) == worker:
-                return nc
-            spare.append(nc)
-            if len(spare) > 20:
-                await spare.pop(0).close()
-        raise AssertionError(f"no connection landed on worker {worker}")
-    finally:
-        for nc in spare:
-            await nc.close()
 
 
 @pytest.fixture(scope="module")

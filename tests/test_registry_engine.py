@@ -113,7 +113,9 @@ def test_bm25_ranking_and_removal():
 
 
 def test_vector_search_matches_brute_force_and_usearch():
-    from usearch.index import Index
+    from mq9fast.registry.vectors import usearch_index_class
+
+    Index = usearch_index_class()
 
     rng = np.random.default_rng(7)
     n, dim = 500, 384

@@ -93,7 +93,9 @@ async def test_state_survives_kill_9(broker_factory):
 
 async def test_vector_index_file_rebuilt(broker_factory):
     """Missing, garbage or truncated index file: rebuilt from the LMDB vectors."""
-    from usearch.index import Index
+    from mq9fast.registry.vectors import usearch_index_class
+
+    Index = usearch_index_class()
 
     b = broker_factory()
     path = b.data_dir / INDEX_FILE

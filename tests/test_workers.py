@@ -10,7 +10,7 @@ import nats
 import pytest
 from nats.errors import NoRespondersError
 
-from conftest import make_factory
+from conftest import connect_to_worker, make_factory
 
 
 @pytest.fixture
@@ -19,25 +19,6 @@ def broker_factory(tmp_path):
     make, cleanup = make_factory(tmp_path, 2)
     yield make
     cleanup()
-
-
-async def connect_to_worker(b, worker: int, timeout: float = 15.0):
-    """Open connections until one lands on ``worker`` (SO_REUSEPORT spreads them)."""
-    spare = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-            nc = await nats.connect(b.url, allow_reconnect=False)
-            if nc._server_info.get("worker_id") == worker:
-                return nc
-            spare.append(nc)
-            if len(spare) > 20:
-                await spare.pop(0).close()
-        raise AssertionError(f"no connection landed on worker {worker}")
-    finally:
-        for nc in spare:
-            await nc.close()
 
 
 @pytest.fixture(scope="module")

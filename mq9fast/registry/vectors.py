@@ -49,8 +49,24 @@ def file_crc(path: str) -> tuple[int, int]:
     return size, crc
 
 
-def _new_usearch(dim: int):
+def usearch_index_class():
+    """``usearch.index.Index``, imported only after onnxruntime.
+
+    Importing usearch first and onnxruntime afterwards crashes the process (SIGSEGV inside
+    onnxruntime's module initialisation; seen with usearch 2.26 + onnxruntime 1.32 on Linux),
+    so every usearch import in the project goes through here.
+    """
+    try:
+        import onnxruntime  # noqa: F401, PLC0415
+    except ImportError:
+        pass
     from usearch.index import Index  # noqa: PLC0415
+
+    return Index
+
+
+def _new_usearch(dim: int):
+    Index = usearch_index_class()
 
     return Index(ndim=dim, metric="cos", dtype="f16")
 
@@ -76,7 +92,7 @@ def write_index_file(index, path: str) -> tuple[int, int]:
 
 def open_index_file(path: str, meta: dict | None, dim: int, tag: str, view: bool):
     """Restore the index file if it matches ``meta`` (size, crc32, ndim, tag); else None."""
-    from usearch.index import Index  # noqa: PLC0415
+    Index = usearch_index_class()
 
     if not meta or meta.get("tag") != tag or meta.get("ndim") != dim:
         return None
