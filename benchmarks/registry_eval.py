@@ -36,6 +36,9 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+# as the broker does (mq9fast/cli.py): a multi-threaded OpenBLAS spins on the other cores
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 

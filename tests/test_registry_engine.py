@@ -208,3 +208,48 @@ async def test_change_log_refresh_between_two_registries(tmp_path):
         await other.close()
         await owner.close()
         store.close()
+
+
+def test_top_named_exact_need_with_name_tie_break():
+    rng = np.random.default_rng(7)
+    names = [f"n{i:04d}" for i in range(500)]
+    rng.shuffle(names)
+    slots = np.arange(500)
+    scores = rng.integers(0, 6, 500).astype(np.float32)  # many ties
+    full = sorted(((names[s], float(v)) for s, v in zip(slots, scores)),
+                  key=lambda x: (-x[1], x[0]))
+    for need in (1, 3, 17, 100, 499, 500, 800):
+        assert T.top_named(slots, scores, need, names) == full[:need]
+
+
+def test_bm25_term_cache_follows_changes():
+    idx = T.TextIndex()
+    idx.upsert("a", T.tokens("invoice payment reminder"))
+    idx.upsert("b", T.tokens("weather forecast"))
+    first = idx.search(T.tokens("invoice weather"), 10)
+    idx.upsert("c", T.tokens("invoice invoice invoice"))
+    fresh = T.TextIndex()
+    for n, t in (("a", "invoice payment reminder"), ("b", "weather forecast"),
+                 ("c", "invoice invoice invoice")):
+        fresh.upsert(n, T.tokens(t))
+    assert idx.search(T.tokens("invoice weather"), 10) == fresh.search(T.tokens("invoice weather"), 10)
+    assert idx.search(T.tokens("invoice weather"), 10) != first
+    idx.remove("c")
+    assert idx.search(T.tokens("invoice weather"), 10) == first
+
+
+async def test_embedding_service_reuses_document_vectors():
+    svc = E.EmbedService("hash")
+    svc.start()
+    try:
+        assert await svc.wait_ready(60)
+        a = await svc.embed(["books flights and hotels", "Book flight"])
+        texts = svc.texts
+        b = await svc.embed(["Book flight", "books flights and hotels"])  # all cached
+        assert svc.texts == texts and np.array_equal(b, a[::-1])
+        c = await svc.embed(["Book flight", "a new skill description"])  # one cached
+        assert svc.texts == texts + 1
+        assert np.array_equal(c[0], a[1])
+        assert np.array_equal(c[1], svc.embedder.embed(["a new skill description"])[0])
+    finally:
+        svc.close()

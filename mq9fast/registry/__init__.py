@@ -44,7 +44,9 @@ Embedding (``embed``)
     documents in length-sorted batches of at most ~1 k padded tokens (queries that arrive meanwhile
     go between two document batches).  The model is compute-bound (~3.5 k tokens/s per core
     whatever the batch shape), so batching saves per-run overhead, not model time: a query costs
-    ~4.5 ms of CPU, a typical card ~25 ms (card + parts).  Query vectors are cached (LRU 2048).
+    ~4.5 ms of CPU, a typical card ~25 ms (card + parts).  Query vectors are cached (LRU 2048),
+    and so are document texts (LRU 8192): a re-REGISTER of an unchanged card, or skill names and
+    descriptions shared by many instances of one kind of agent, cost no model time.
 
 The vector index file
     ``<data_dir>/registry.usearch``: written to a temp file, fsynced, renamed, then

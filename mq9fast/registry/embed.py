@@ -51,6 +51,9 @@ DOC_BATCH_TOKENS = 1024     # padded tokens per document batch (~0.3 s of model 
 QUERY_BATCH_TOKENS = 512    # padded tokens per query batch
 DOC_BATCH_MAX = 64
 QUERY_CACHE = 2048
+#: document texts -> vectors (LRU).  A re-REGISTER of an unchanged card, and the skill names and
+#: descriptions shared by many instances of one kind of agent, then cost no model time.
+DOC_CACHE = 8192
 
 
 class EmbedderUnavailable(Exception):
@@ -221,6 +224,8 @@ class EmbedService:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._doc_cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self.doc_cache_hits = 0
         # statistics
         self.runs = 0
         self.texts = 0
@@ -274,6 +279,40 @@ class EmbedService:
                 self._cache.move_to_end(texts[0])
                 fut.set_result(hit[None, :])
                 return fut
+        if not query and texts:
+            dc = self._doc_cache
+            cached = [dc.get(t) for t in texts]
+            missing = [i for i, v in enumerate(cached) if v is None]
+            if len(missing) < len(texts):
+                for t, v in zip(texts, cached):
+                    if v is not None:
+                        dc.move_to_end(t)
+                self.doc_cache_hits += len(texts) - len(missing)
+                if not missing:
+                    fut.set_result(np.stack(cached))
+                    return fut
+                inner = self.embed([texts[i] for i in missing])
+
+                def merge(f: asyncio.Future) -> None:
+                    if fut.done():
+                        return
+                    if f.cancelled():
+                        fut.cancel()
+                        return
+                    exc = f.exception()
+                    if exc is not None:
+                        fut.set_exception(exc)
+                        return
+                    got = f.result()
+                    out = np.empty((len(texts), got.shape[1]), dtype=np.float32)
+                    for i, v in enumerate(cached):
+                        if v is not None:
+                            out[i] = v
+                    out[missing] = got
+                    fut.set_result(out)
+
+                inner.add_done_callback(merge)
+                return fut
         job = _Job(list(texts), query, fut)
         with self._cv:
             if self._closed:
@@ -292,10 +331,17 @@ class EmbedService:
                 job.future.set_exception(value)
             else:
                 job.future.set_result(value)
-                if job.query and len(job.texts) == 1:
-                    self._cache[job.texts[0]] = value[0]
-                    if len(self._cache) > QUERY_CACHE:
-                        self._cache.popitem(last=False)
+                if job.query:
+                    if len(job.texts) == 1:
+                        self._cache[job.texts[0]] = value[0]
+                        if len(self._cache) > QUERY_CACHE:
+                            self._cache.popitem(last=False)
+                else:
+                    dc = self._doc_cache
+                    for t, v in zip(job.texts, value):
+                        dc[t] = v.copy()
+                    while len(dc) > DOC_CACHE:
+                        dc.popitem(last=False)
         try:
             self._loop.call_soon_threadsafe(done)
         except RuntimeError:  # loop closed

@@ -13,9 +13,13 @@ stop-words dropped, a light suffix stemmer applied so "payments"/"payment" and
 (Python lists for cheap appends, materialised as numpy arrays on first use after a change),
 document lengths and a live mask in numpy arrays.  Removal tombstones a slot and fixes the
 document frequencies at once; tombstoned slots are compacted away when they outnumber live ones.
+Each term's BM25 contribution array is cached until the next upsert/remove (``gen``), so a query
+costs one scatter-add per term; ``top_named`` selects exactly ``need`` results with argpartition,
+breaking ties at the cut by name without materialising every tied document.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import re
@@ -243,6 +247,11 @@ class TextIndex:
         self.df: dict[str, int] = {}
         self.total_len = 0
         self.n_dead = 0
+        # BM25 contributions per term, valid while ``gen`` is unchanged (any upsert/remove
+        # changes N, avgdl or a df, hence every contribution)
+        self.gen = getattr(self, "gen", 0) + 1
+        self._contrib: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._contrib_gen = self.gen
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -265,6 +274,7 @@ class TextIndex:
             alive = np.zeros(cap, dtype=bool)
             alive[:slot] = self.alive[:slot]
             self.alive = alive
+        self.gen += 1
         self.names.append(name)
         self.doc_terms.append(tf)
         self.doc_len[slot] = n
@@ -285,6 +295,7 @@ class TextIndex:
         if slot is None:
             return False
         tf = self.doc_terms[slot]
+        self.gen += 1
         self.alive[slot] = False
         self.total_len -= int(self.doc_len[slot])
         self.doc_terms[slot] = None
@@ -308,53 +319,87 @@ class TextIndex:
         for name, tf in live:
             self.upsert(name, (t for t, c in tf.items() for _ in range(c)))
 
+    def _term(self, t: str, n: int, avgdl: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """(slots, BM25 contribution) of term ``t``; cached until the index changes."""
+        if self._contrib_gen != self.gen:
+            self._contrib.clear()
+            self._contrib_gen = self.gen
+        hit = self._contrib.get(t)
+        if hit is not None:
+            return hit
+        p = self.postings.get(t)
+        if p is None:
+            return None
+        df = self.df[t]
+        idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        s, tf = p.arrays()
+        norm = tf + K1 * (1.0 - B + B * (self.doc_len[s] / avgdl))
+        contrib = (idf * (K1 + 1.0)) * tf / norm
+        if len(self._contrib) >= 4096:
+            self._contrib.clear()
+        self._contrib[t] = hit = (s, contrib)
+        return hit
+
     def scores(self, query_tokens: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """(slots, scores) of every live document sharing a term with the query (unsorted)."""
         n = len(self.slot_of)
         if not n:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         avgdl = max(self.total_len / n, 1e-9)
-        nslots = len(self.names)
-        acc = None
+        terms = []
         for t in set(query_tokens):
-            p = self.postings.get(t)
-            if p is None:
-                continue
-            df = self.df[t]
-            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
-            s, tf = p.arrays()
-            norm = tf + K1 * (1.0 - B + B * (self.doc_len[s] / avgdl))
-            contrib = (idf * (K1 + 1.0)) * tf / norm
-            if acc is None:
-                acc = np.zeros(nslots, dtype=np.float32)
-            acc[s] += contrib
-        if acc is None:
+            hit = self._term(t, n, avgdl)
+            if hit is not None:
+                terms.append(hit)
+        if not terms:
             return np.empty(0, np.int64), np.empty(0, np.float32)
+        if len(terms) == 1:
+            cand, sc = terms[0]
+            if self.n_dead:
+                keep = self.alive[cand]
+                cand, sc = cand[keep], sc[keep]
+            return cand, sc
+        acc = np.zeros(len(self.names), dtype=np.float32)
+        for s, contrib in terms:
+            acc[s] += contrib
         cand = np.flatnonzero(acc)
         if self.n_dead:
             cand = cand[self.alive[cand]]
         return cand, acc[cand]
 
     def search(self, query_tokens: Iterable[str], need: int) -> tuple[list[tuple[str, float]], int]:
-        """Top ``need`` (plus ties) as [(name, score)] by score desc then name; and the total."""
+        """Top ``need`` as [(name, score)] by score desc then name; and the total."""
         slots, sc = self.scores(query_tokens)
         return top_named(slots, sc, need, self.names), len(slots)
 
 
 def top_named(slots: np.ndarray, scores: np.ndarray, need: int, names: list
               ) -> list[tuple[str, float]]:
-    """Rank (slot, score) pairs: the best ``need`` (and everything tied with the last), sorted by
-    score descending then name."""
+    """Rank (slot, score) pairs: the best ``need`` by score descending then name (exactly
+    ``need`` when there are that many), sorted."""
     m = len(slots)
-    if m == 0:
+    if m == 0 or need <= 0:
         return []
     if need < m:
-        part = np.argpartition(-scores, need - 1)
-        cut = scores[part[need - 1]]
-        idx = np.flatnonzero(scores >= cut)
+        cut = np.partition(scores, m - need)[m - need]  # the need-th best score
+        above = np.flatnonzero(scores > cut)
+        rest = need - len(above)
+        tied = np.flatnonzero(scores == cut)
+        if len(tied) > rest:
+            # ties at the cut: the alphabetically first names win
+            tl = tied.tolist()
+            tn = [names[s] for s in slots[tied].tolist()]
+            chosen = set(heapq.nsmallest(rest, tn) if rest < 64 else sorted(tn)[:rest])
+            tied = [i for i, nm in zip(tl, tn) if nm in chosen]
+        else:
+            tied = tied.tolist()
+        idx = above.tolist() + tied
+        sel_slots = slots[idx].tolist()
+        sel_scores = scores[idx].tolist()
     else:
-        idx = range(m)
-    out = [(names[slots[i]], float(scores[i])) for i in idx]
+        sel_slots = slots.tolist()
+        sel_scores = scores.tolist()
+    out = [(names[s], v) for s, v in zip(sel_slots, sel_scores)]
     out.sort(key=lambda x: (-x[1], x[0]))
     return out
 
