@@ -16,17 +16,34 @@ Services (constructed by ``broker.Broker``):
   ``discover(payload)``
 
 ``headers`` is the raw NATS header block (bytes, ``NATS/1.0...\\r\\n\\r\\n``) or ``None``.
+
+Fast path: ``$mq9.AI.MSG.SEND.<addr>`` (the hottest command) is recognised on the raw subject bytes
+and handed to ``mailbox.send_nowait(addr_bytes, headers, payload, respond)``, which answers through
+``respond`` itself after the group commit (no future, no thunk, no JSON encoding here) and counts
+into ``Control.counts`` (bound with ``mailbox.bind_counts``).  It may return an awaitable/reply
+instead (delayed SENDs), which is then finished like any other command.  Addresses the generic
+router would reject (empty tokens) take the generic path and get the same error.  ``MSG.FETCH`` and
+``MSG.ACK`` use the same memo of subjects (no decode/split/closure per command); an ACK answers
+through ``mailbox.ack_nowait`` (reply first, lease release afterwards).
+
+Observers: ``Control.observers`` is a list of ``fn(command, outcome, seconds)`` called with every
+command's dispatch-to-reply latency (the HTTP side port's histogram appends itself here instead of
+wrapping ``dispatch``); with the list empty, nothing is timed.
 """
 from __future__ import annotations
 
 import inspect
 import json
 import logging
+import time
 from typing import Any, Awaitable, Callable, Union
 
 log = logging.getLogger("mq9fast.control")
 
 PREFIX = "$mq9.AI"
+MSG_PREFIX = b"$mq9.AI.MSG."
+#: at most this many subjects are remembered by the fast path
+FAST_MEMO = 4096
 Reply = Union[dict, bytes]
 
 
@@ -41,6 +58,14 @@ class Mq9Error(Exception):
 def is_command(subject: bytes) -> bool:
     """True for ``$mq9.AI`` and ``$mq9.AI.<anything>``."""
     return subject.startswith(b"$mq9.AI") and (len(subject) == 7 or subject[7:8] == b".")
+
+
+def command_name(subject: bytes) -> str:
+    """``$mq9.AI.MSG.SEND.a.b`` -> ``MSG.SEND`` (for observers; ``unknown`` if not a command)."""
+    parts = subject[:40].decode("ascii", "replace").split(".", 4)
+    if len(parts) >= 4 and parts[0] == "$mq9" and parts[1] == "AI":
+        return parts[2] + "." + parts[3]
+    return "unknown"
 
 
 def encode_reply(reply: Reply) -> bytes:
@@ -61,6 +86,18 @@ class Control:
         self.registry = registry
         # command counters by (command, outcome) - read by metrics
         self.counts: dict[tuple[str, str], int] = {}
+        #: fn(command, outcome, seconds) per answered command (the /metrics latency histogram)
+        self.observers: list[Callable[[str, str, float], None]] = []
+        # fast path: subject -> (command name, handler(arg, headers, payload, respond), arg)
+        self._fast: dict[bytes, tuple] = {}
+        self._fast_ops: dict[bytes, tuple] = {}
+        if mailbox is not None and hasattr(mailbox, "send_nowait"):
+            mailbox.bind_counts(self.counts)
+            self._fast_ops = {
+                b"SEND": ("MSG.SEND", mailbox.send_nowait, True),
+                b"FETCH": ("MSG.FETCH", self._fetch_fast, False),
+                b"ACK": ("MSG.ACK", self._ack_fast, False),
+            }
 
     def _route(self, subject: str, headers: bytes | None, payload: bytes
                ) -> tuple[str, Callable[[], Reply | Awaitable[Reply]]]:
@@ -101,10 +138,21 @@ class Control:
     def dispatch(self, subject: bytes, headers: bytes | None, payload: bytes,
                  respond: Callable[[bytes], None]) -> None:
         """Run the command; call ``respond(json_bytes)`` exactly once with the reply."""
+        if self.observers:
+            respond = self._timed(subject, respond)
         name = "unknown"
         try:
-            name, thunk = self._route(subject.decode("utf-8", "replace"), headers, payload)
-            result = thunk()
+            fast = self._fast.get(subject)
+            if fast is None and self._fast_ops and subject.startswith(MSG_PREFIX):
+                fast = self._classify(subject)
+            if fast is not None:
+                name = fast[0]
+                result = fast[1](fast[2], headers, payload, respond)
+                if result is None:
+                    return
+            else:
+                name, thunk = self._route(subject.decode("utf-8", "replace"), headers, payload)
+                result = thunk()
         except Mq9Error as exc:
             self._count(name, "error")
             respond(error_reply(exc.text))
@@ -122,6 +170,50 @@ class Control:
         else:
             self._respond(name, result, respond)
 
+    def _classify(self, subject: bytes) -> tuple | None:
+        """Fast-path entry for ``$mq9.AI.MSG.<SEND|FETCH|ACK>.<addr>`` when the generic router
+        would accept the address (no empty token); memoised per subject (clients reuse a few)."""
+        op, dot, addr = subject[len(MSG_PREFIX):].partition(b".")
+        spec = self._fast_ops.get(op)
+        if spec is None or not dot or not addr or addr[-1] == 46 or b".." in addr:  # 46 = "."
+            return None
+        if addr[0] == 46:
+            return None
+        name, handler, raw_addr = spec
+        try:
+            arg = addr if raw_addr else addr.decode("utf-8")
+        except UnicodeDecodeError:
+            return None  # the generic path decodes with replacement characters
+        if len(self._fast) >= FAST_MEMO:
+            self._fast.clear()
+        entry = self._fast[bytes(subject)] = (name, handler, arg)
+        return entry
+
+    def _timed(self, subject: bytes, respond: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        fast = self._fast.get(subject)
+        name = fast[0] if fast is not None else command_name(subject)
+        observers = self.observers
+        clock = time.perf_counter
+        t0 = clock()
+
+        def timed(body: bytes) -> None:
+            dt = clock() - t0
+            for ob in observers:
+                try:
+                    ob(name, "", dt)
+                except Exception:  # noqa: BLE001 - metrics never break a reply
+                    pass
+            respond(body)
+
+        return timed
+
+    def _fetch_fast(self, addr: str, headers, payload, respond):
+        return self.mailbox.fetch(addr, payload)
+
+    def _ack_fast(self, addr: str, headers, payload, respond):
+        self.mailbox.ack_nowait(addr, payload, lambda ok, value: self._complete("MSG.ACK", ok, value, respond))
+        return None
+
     def _finish(self, name: str, fut, respond: Callable[[bytes], None]) -> None:
         if fut.cancelled():
             self._count(name, "cancelled")
@@ -129,7 +221,16 @@ class Control:
         exc = fut.exception()
         if exc is None:
             self._respond(name, fut.result(), respond)
-        elif isinstance(exc, Mq9Error):
+        else:
+            self._complete(name, False, exc, respond)
+
+    def _complete(self, name: str, ok: bool, value, respond: Callable[[bytes], None]) -> None:
+        """Answer from a result (``ok``) or an exception (``Store.write_cb`` completions)."""
+        if ok:
+            self._respond(name, value, respond)
+            return
+        exc = value
+        if isinstance(exc, Mq9Error):
             self._count(name, "error")
             respond(error_reply(exc.text))
         else:

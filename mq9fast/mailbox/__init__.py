@@ -7,7 +7,9 @@ and awaits ``close()`` before ``Store.close()``.
 
 Modules: ``service`` (commands, timers), ``layout`` (every key/value format), ``requests``
 (validation and the exact error texts), ``encode`` (message objects from zero-copy buffers),
-``volatile`` (the lease environment).
+``volatile`` (the lease environment), ``_scan`` (compiled FETCH/ACK loops: lane walk + JSON/base64
+encoding of option-less messages, leases, watermark walk) with its pure-Python twin ``scan_py``,
+selected by ``hot`` (``MQ9FAST_PURE_PYTHON`` forces the twin).
 
 State of record: LMDB
 =====================
@@ -62,21 +64,28 @@ Groups, leases, ACK
   before answering; ``force_deliver`` resets the watermarks to S, clears its ACK set and its leases.
 * ACK of id N: if N is leased, every entry of N's batch up to and including N is confirmed
   (PROTOCOL.md §5.5 batch-aware lane ACK); otherwise N alone (DESIGN.md §3.3); a group that never
-  fetched is created with every lane at N+1 (RobustMQ's rule).  Confirmed ids go into ``mb.gacks``
-  and the touched lanes' watermarks advance over contiguous ACKed messages (deleting those entries),
-  all in one durable write; the leases are released after the commit.
+  fetched is created with every lane at N+1 (RobustMQ's rule).  The touched lanes' watermarks
+  advance over contiguous confirmed messages (this ACK's ids and older ``mb.gacks`` entries, which
+  are deleted as they are passed); only confirmed ids left above a watermark are written to
+  ``mb.gacks``; all in one durable write.  The leases are released after the commit (on the fast
+  path after the reply has been queued, while it travels).
 * An expired lease makes the message deliverable again; its record is kept (with the delivery
   count, reported as ``redelivered``) until the message is delivered again or the sweeper drops it.
 
 Durability and concurrency
 ==========================
-* Every change goes through ``Store.write``: the function runs in the group-commit transaction on
-  the storage writer thread; the reply is sent after the commit is durable (``--fsync``).  SENDs and
-  ACKs arriving together share one transaction and one fsync.  Ids are taken from ``next_id`` inside
+* Every change goes through the group-commit writer (``storage.Store``) and runs in its transaction
+  on the storage writer thread; the reply is sent after the commit is durable (``--fsync``).  SENDs
+  and ACKs arriving together share one transaction and one fsync.  SENDs take the bulk path
+  (``send_nowait`` -> ``Store.submit``): a run of consecutive SENDs is applied by one call
+  (``_w_send_many``: each mailbox record read and written once per run, no child transaction per
+  message) and answered by one completion (``_sent``) without futures; the other commands use
+  ``Store.write``/``write_cb`` with a child transaction each.  Ids are taken from ``next_id`` inside
   that transaction, so they are unique and gap-free in commit order even with several writer
   processes (LMDB serialises writers).  kill -9 loses nothing that was answered.
-* Reads run on the event loop in short ``buffers=True`` transactions; payloads go from the mmap
-  into ``binascii.b2a_base64`` without a copy.
+* Reads run on the event loop in short ``buffers=True`` transactions; option-less payloads are
+  base64-encoded from the mmap straight into the reply buffer (``_scan.collect``), others go
+  through ``binascii.b2a_base64`` without a copy.
 * No correctness depends on process memory: the only in-memory structures are the long-poll waiter
   lists, timers and a memo of encoded header blocks.  Long-poll FETCHes wait on a per-mailbox
   future list that is woken by SEND commits, the delayed-message timer and (via a timeout) the

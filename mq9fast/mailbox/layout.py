@@ -143,6 +143,11 @@ def encode_value(create_s: int, expire_ms: int, hdr: bytes | None, key: bytes | 
     return b"".join(parts)
 
 
+def plain_head(create_s: int) -> bytes:
+    """The 5-byte head of a message value without options (flags 0): ``head + payload``."""
+    return _HEAD.pack(0, create_s)
+
+
 def set_create_time(value: bytes, create_s: int) -> bytes:
     return value[:1] + _U32.pack(create_s) + value[5:]
 

@@ -1,10 +1,12 @@
 """``MailboxService``: the mq9 mailbox commands on top of LMDB (layout: see the package docstring).
 
 Threading: command methods run on the event loop.  Reads use short read transactions there
-(zero-copy).  Every durable change is a function handed to ``Store.write`` and runs on the storage
+(zero-copy).  Every durable change is a function handed to ``Store.write``/``write_cb`` (or, for
+SENDs, items handed to ``Store.submit`` and applied by ``_w_send_many``) and runs on the storage
 writer thread inside the group-commit transaction; such functions (the ``_w_*`` methods and the
 closures named ``fn``) touch only LMDB and their own arguments, never loop state.  Leases live in
-the volatile environment (``volatile.py``) and are written on the loop thread.
+the volatile environment (``volatile.py``) and are written on the loop thread.  The FETCH/ACK
+inner loops are ``scan.*`` (``hot.py``: compiled ``_scan`` or the twin ``scan_py``).
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import os
 import secrets
 import time
 
-from ..control import Mq9Error
+from ..control import Mq9Error, error_reply
 from .encode import EMPTY_MESSAGES, encode_message, messages_reply
+from .hot import scan
 from .layout import (
-    BATCH_HEAD, BE_U64, BE_U64x2, DELAYED_HEAD, GROUP, LANE_ID, LANES, LEASE, MSGEXP_KEY,
-    U64_MAX, Box, decode_value, enc_str, encode_value, group_key, keyidx_key,
-    lane_prefix, msg_key, payload_len, tag_prefix, tags_of, u64, value_expire,
+    BE_U64, BE_U64x2, DELAYED_HEAD, GROUP, LANE_ID, LANES, LEASE, MSG_KEY, MSGEXP_KEY,
+    NORMAL, U64_MAX, Box, plain_head, decode_value, enc_str, encode_value, group_key, keyidx_key,
+    lane_prefix, msg_key, tag_prefix, tags_of, u64, value_expire,
 )
 from .requests import AckRequest, CreateRequest, FetchRequest, QueryRequest, SendOptions, parse_msg_id_token
 from .volatile import Volatile
@@ -57,6 +60,16 @@ def _not_exist(name: str) -> Mq9Error:
     return Mq9Error(f"mailbox {name} does not exist")
 
 
+class _SendBulk:
+    """``Store.submit`` target of the bulk SEND path (see ``MailboxService.send_nowait``)."""
+
+    __slots__ = ("apply", "done")
+
+    def __init__(self, svc: "MailboxService") -> None:
+        self.apply = svc._w_send_many
+        self.done = svc._sent
+
+
 class MailboxService:
     def __init__(self, store, config, *, clear_leases: bool = True) -> None:
         """``clear_leases``: forget all leases at ``start()`` (True for the only / first worker;
@@ -88,6 +101,9 @@ class MailboxService:
         self._tasks: list[asyncio.Task] = []
         self._delay_event: asyncio.Event | None = None
         self._closed = False
+        self._send_bulk = _SendBulk(self)
+        #: command counters shared with ``Control`` (``bind_counts``); the bulk SEND path counts here
+        self.counts: dict = {}
         # statistics
         self.delayed_moved = 0
         self.swept_mailboxes = 0
@@ -151,6 +167,17 @@ class MailboxService:
         box = Box.decode(nameb, rec)
         if box.expire_ms and now_ms >= box.expire_ms:
             raise _not_exist(name)
+        return box
+
+    def _box_or_none(self, txn, nameb: bytes, now_ms: int) -> Box | None:
+        if not 0 < len(nameb) <= MAX_NAME:
+            return None
+        rec = txn.get(nameb, db=self.d_boxes)
+        if rec is None:
+            return None
+        box = Box.decode(nameb, rec)
+        if box.expire_ms and now_ms >= box.expire_ms:
+            return None
         return box
 
     def _counter(self, txn, name: bytes) -> int:
@@ -261,24 +288,6 @@ class MailboxService:
                     break
                 txn.delete(u64(GROUP.unpack_from(gv, 0)[0]) + idv, db=self.d_gacks)
         return True
-
-    def _advance(self, txn, mbid: int, gp: bytes, lane: int, pos: int) -> int:
-        """Move a lane watermark over acknowledged messages; returns the new position."""
-        prefix = lane_prefix(mbid, lane)
-        cur = txn.cursor(db=self.d_msgs)
-        if not cur.set_range(prefix + u64(pos)):
-            return pos
-        last = None
-        for k in cur.iternext(keys=True, values=False):
-            if k[:9] != prefix:
-                break
-            mid = BE_U64.unpack_from(k, 9)[0]
-            gk = gp + u64(mid)
-            if txn.get(gk, db=self.d_gacks) is None:
-                return mid
-            txn.delete(gk, db=self.d_gacks)
-            last = mid
-        return pos if last is None else max(pos, last + 1)
 
     @staticmethod
     def _delete_prefix(txn, db, prefix: bytes, budget: list) -> bool:
@@ -392,6 +401,120 @@ class MailboxService:
         fut.add_done_callback(lambda f: self._delay_event.set())
         return fut
 
+    # ================================================================ MSG.SEND, bulk path
+    def bind_counts(self, counts: dict) -> None:
+        """Count bulk-path SENDs in ``Control.counts`` (keys ``("MSG.SEND", outcome)``)."""
+        self.counts = counts
+
+    def send_nowait(self, nameb: bytes, headers, payload, respond):
+        """``MSG.SEND`` without futures (``Control``'s fast path).
+
+        ``nameb`` is the address exactly as it came in the subject.  The message is queued with
+        ``Store.submit``; after the group commit ``respond(reply_json)`` is called (and the command
+        counted).  Returns None, or - for a delayed SEND, which is rare - the awaitable of ``send``
+        for the caller to finish like any other command.
+        """
+        if type(payload) is not bytes:
+            payload = bytes(payload)
+        if headers:
+            opts = SendOptions(headers)
+            if opts.delay:
+                return self.send(nameb.decode("utf-8", "replace"), headers, payload)
+            tags = opts.tags
+            item = (nameb, opts.lane, opts.ttl, bytes(headers),
+                    enc_str(opts.key) if opts.key is not None else None,
+                    json.dumps(tags, ensure_ascii=False, separators=(",", ":")).encode() if tags else None,
+                    tags, payload, respond)
+        else:
+            item = (nameb, payload, respond)  # the common case: no options at all
+        self.store.submit(self._send_bulk, item)
+        return None
+
+    def _w_send_many(self, txn, items) -> list:
+        """Writer thread: store a segment of SENDs; per item ``(mbid, msg_id)`` or None (no such
+        mailbox).  Each mailbox record is read once and written once per segment.
+
+        Items are ``(name, payload, respond)`` for a SEND without options (normal lane, stored as
+        ``plain_head + payload``) or ``(name, lane, ttl, header block, key, tags JSON, tags,
+        payload, respond)``.
+        """
+        now = _now_ms()
+        sec = now // 1000
+        boxes: dict = {}
+        out = []
+        append = out.append
+        mput = txn.cursor(db=self.d_msgs).put
+        pack_key = MSG_KEY.pack
+        cur_name = None
+        box = None
+        head = b""
+        for it in items:
+            nameb = it[0]
+            if nameb != cur_name:
+                cur_name = nameb
+                box = boxes.get(nameb, _MISSING)
+                if box is _MISSING:
+                    box = boxes[nameb] = self._box_or_none(txn, nameb, now)
+                head = b""
+            if box is None:
+                append(None)
+                continue
+            if len(it) == 3:  # no header block, key, tags, TTL: normal lane, plain value
+                mid = box.next_id
+                box.next_id = mid + 1
+                if sec > box.last_sec:
+                    txn.put(BE_U64x2.pack(box.mbid, sec), u64(mid), db=self.d_time)
+                    box.last_sec = sec
+                    head = b""
+                if not head:
+                    head = plain_head(box.last_sec)
+                mput(pack_key(box.mbid, NORMAL, mid), head + it[1])
+            else:
+                ttl = it[2]
+                mid = self._put_message(txn, box, it[1], now, now + ttl * 1000 if ttl else 0,
+                                        it[3], it[4], it[5], it[6], it[7])
+                head = b""
+            append((box.mbid, mid))
+        d_boxes = self.d_boxes
+        for nameb, box in boxes.items():
+            if box is not None:
+                txn.put(nameb, box.encode(), db=d_boxes)
+        return out
+
+    def _sent(self, items, results) -> None:
+        """Event loop, after the commit: answer a segment of SENDs and wake long-polls."""
+        counts = self.counts
+        whole = isinstance(results, BaseException)  # the commit failed: every item failed
+        if whole:
+            log.error("mq9 command MSG.SEND failed", exc_info=results)
+            results = [results] * len(items)
+        ok = bad = internal = 0
+        last = -1
+        for it, r in zip(items, results):
+            try:
+                if r.__class__ is tuple:
+                    if r[0] != last:
+                        last = r[0]
+                        self._visible(last)
+                    ok += 1
+                    it[-1](b'{"error":"","msg_id":%d}' % r[1])
+                elif r is None:
+                    bad += 1
+                    it[-1](error_reply(f"mailbox {it[0].decode('utf-8', 'replace')} does not exist"))
+                else:
+                    internal += 1
+                    if not whole:
+                        log.error("mq9 command MSG.SEND failed", exc_info=r)
+                    it[-1](error_reply(f"internal error: {r}"))
+            except Exception:  # noqa: BLE001 - one failed reply must not cost the others theirs
+                log.exception("MSG.SEND reply failed")
+        if ok:
+            counts[("MSG.SEND", "ok")] = counts.get(("MSG.SEND", "ok"), 0) + ok
+        if bad:
+            counts[("MSG.SEND", "error")] = counts.get(("MSG.SEND", "error"), 0) + bad
+        if internal:
+            counts[("MSG.SEND", "internal")] = counts.get(("MSG.SEND", "internal"), 0) + internal
+
     # ================================================================ MSG.FETCH
     def fetch(self, addr: str, payload):
         req = FetchRequest(payload, self.max_wait_cap_ms)
@@ -402,9 +525,11 @@ class MailboxService:
             if not req.force:
                 r = self._group_collect(nameb, addr, gname, req, raw)
                 if r is not _MISSING:
-                    parts, box, wake = r
-                    if parts or req.max_wait_ms <= 0 or req.num_msgs == 0:
-                        return messages_reply(parts)
+                    body, box, wake = r
+                    if body is not None:
+                        return body
+                    if req.max_wait_ms <= 0 or req.num_msgs == 0:
+                        return EMPTY_MESSAGES
                     return self._wait(nameb, addr, req, raw, box, None, gname, wake)
             return self._group_fetch_slow(nameb, addr, gname, req, raw)
         now = _now_ms()
@@ -414,9 +539,11 @@ class MailboxService:
                 return EMPTY_MESSAGES
             s = self._start(rtxn, box, req)
             pos = (s, s, s)
-            parts, _ = self._collect(rtxn, None, box.mbid, pos, None, req.num_msgs, raw, now, 0)
-        if parts or req.max_wait_ms <= 0:
-            return messages_reply(parts)
+            body, _ = self._collect(rtxn, None, box.mbid, pos, None, req.num_msgs, raw, now, 0)
+        if body is not None:
+            return body
+        if req.max_wait_ms <= 0:
+            return EMPTY_MESSAGES
         return self._wait(nameb, addr, req, raw, box, pos, None, 0)
 
     def _collect(self, rtxn, vtxn, mbid: int, pos, gid, limit: int, raw: bool, now_ms: int,
@@ -424,73 +551,27 @@ class MailboxService:
         """Collect up to ``limit`` deliverable messages, lanes critical -> urgent -> normal.
 
         Group mode (``gid``): skips acknowledged and leased messages and leases what it returns
-        (writes into ``vtxn``).  Returns (encoded message objects, earliest lease expiry seen).
+        (writes into ``vtxn``).  Returns (the FETCH reply or None when nothing was found, earliest
+        lease expiry seen).  The loop itself is ``scan.collect`` (compiled).
         """
-        parts: list[bytes] = []
-        wake = 0
-        if limit <= 0:
-            return parts, wake
-        budget = FETCH_BUDGET
-        d_msgs = self.d_msgs
-        cur = rtxn.cursor(db=d_msgs)
-        group = gid is not None
-        if group:
-            gp = u64(gid)
-            d_gacks = self.d_gacks
-            leases = self.vol.leases
-            gc = rtxn.cursor(db=d_gacks)
-            check_acks = gc.set_range(gp) and gc.key()[:8] == gp
-            lc = vtxn.cursor(db=leases)
-            check_leases = lc.set_range(gp) and lc.key()[:8] == gp
-            picked: list[tuple[int, int, int]] = []
-        unpack_k = BE_U64.unpack_from
-        done = False
-        for lane in LANES:
-            prefix = lane_prefix(mbid, lane)
-            if not cur.set_range(prefix + u64(pos[lane])):
-                break
-            for k, v in cur:
-                if k[:9] != prefix:
-                    break
-                if v[0] & 1 and value_expire(v) <= now_ms:
-                    continue  # expired message: invisible
-                mid = unpack_k(k, 9)[0]
-                count = None
-                if group:
-                    ik = gp + u64(mid)
-                    count = 0
-                    if check_acks and rtxn.get(ik, db=d_gacks) is not None:
-                        continue
-                    if check_leases:
-                        lv = vtxn.get(ik, db=leases)
-                        if lv is not None:
-                            exp, _b, count, _l = LEASE.unpack(lv)
-                            if exp > now_ms:
-                                if not wake or exp < wake:
-                                    wake = exp
-                                continue
-                size = payload_len(v)
-                if parts and size > budget:
-                    done = True
-                    break
-                budget -= size
-                parts.append(encode_message(mid, lane, v, raw, count))
-                if group:
-                    picked.append((lane, mid, count))
-                if len(parts) >= limit:
-                    done = True
-                    break
-            if done:
-                break
-        if group and picked:
+        cur = rtxn.cursor(db=self.d_msgs)
+        if gid is None:
+            body, _n, wake, _p = scan.collect(cur, mbid, pos, limit, raw, now_ms, FETCH_BUDGET,
+                                              None, None, None)
+            return body, wake
+        gp = u64(gid)
+        gc = rtxn.cursor(db=self.d_gacks)
+        if not (gc.set_range(gp) and gc.key()[:8] == gp):
+            gc = None  # the group has no ACK records above its watermarks: skip the lookups
+        lc = vtxn.cursor(db=self.vol.leases)
+        check = lc if lc.set_range(gp) and lc.key()[:8] == gp else None
+        body, _n, wake, picked = scan.collect(cur, mbid, pos, limit, raw, now_ms, FETCH_BUDGET,
+                                              gp, gc, check)
+        if picked:
             batch_id = self.vol.next_batch(vtxn)
-            bpack = LEASE.pack
-            for lane, mid, count in picked:
-                vtxn.put(gp + u64(mid), bpack(lease_until, batch_id, count + 1, lane), db=leases)
-            vtxn.put(gp + u64(batch_id),
-                     BATCH_HEAD.pack(lease_until) + b"".join([LANE_ID.pack(l, m) for l, m, _ in picked]),
-                     db=self.vol.batches)
-        return parts, wake
+            bv = scan.lease_batch(lc.put, gp, picked, lease_until, batch_id)
+            vtxn.put(gp + u64(batch_id), bv, db=self.vol.batches)
+        return body, wake
 
     def _group_collect(self, nameb: bytes, addr: str, gname: bytes, req: FetchRequest, raw: bool):
         """Collect + lease for a group in one volatile write txn (serialised across processes)."""
@@ -505,16 +586,16 @@ class MailboxService:
                     vtxn.abort()
                     return _MISSING
                 gid, c0, c1, c2 = GROUP.unpack(g)
-                parts, wake = self._collect(rtxn, vtxn, box.mbid, (c0, c1, c2), gid, req.num_msgs,
-                                            raw, now, lease_until)
-            if parts:
+                body, wake = self._collect(rtxn, vtxn, box.mbid, (c0, c1, c2), gid, req.num_msgs,
+                                           raw, now, lease_until)
+            if body is not None:
                 vtxn.commit()
             else:
                 vtxn.abort()
         except BaseException:
             vtxn.abort()
             raise
-        return parts, box, wake
+        return body, box, wake
 
     async def _group_fetch_slow(self, nameb: bytes, addr: str, gname: bytes, req: FetchRequest,
                                 raw: bool):
@@ -543,9 +624,11 @@ class MailboxService:
         r = self._group_collect(nameb, addr, gname, req, raw)
         if r is _MISSING:
             raise _not_exist(addr)
-        parts, box, wake = r
-        if parts or req.max_wait_ms <= 0 or req.num_msgs == 0:
-            return messages_reply(parts)
+        body, box, wake = r
+        if body is not None:
+            return body
+        if req.max_wait_ms <= 0 or req.num_msgs == 0:
+            return EMPTY_MESSAGES
         return await self._wait(nameb, addr, req, raw, box, None, gname, wake)
 
     async def _wait(self, nameb: bytes, addr: str, req: FetchRequest, raw: bool, box: Box, pos,
@@ -587,19 +670,50 @@ class MailboxService:
                     box = self._box(rtxn, nameb, now, addr)
                     if box.mbid != mbid:
                         raise _not_exist(addr)
-                    parts, _ = self._collect(rtxn, None, mbid, pos, None, req.num_msgs, raw, now, 0)
+                    body, _ = self._collect(rtxn, None, mbid, pos, None, req.num_msgs, raw, now, 0)
             else:
                 r = self._group_collect(nameb, addr, gname, req, raw)
                 if r is _MISSING:
                     raise _not_exist(addr)
-                parts, box, wake_ms = r
+                body, box, wake_ms = r
                 if box.mbid != mbid:
                     raise _not_exist(addr)
-            if parts:
-                return messages_reply(parts)
+            if body is not None:
+                return body
 
     # ================================================================ MSG.ACK
     def ack(self, addr: str, payload):
+        fn, release = self._ack_prepare(addr, payload)
+        fut = self.store.write(fn)
+        if release is not None:
+            fut.add_done_callback(
+                lambda f: f.cancelled() or f.exception() is not None or self._release(release))
+        return fut
+
+    def ack_nowait(self, addr: str, payload, done) -> None:
+        """``MSG.ACK`` for ``Control``'s fast path: ``done(ok, value)`` answers the requester right
+        after the commit; the leases are released afterwards (``call_soon``: behind the reply's
+        flush, while the reply travels), not before the reply as with ``ack``."""
+        fn, release = self._ack_prepare(addr, payload)
+        if release is None:
+            self.store.write_cb(fn, done)
+            return
+
+        def cb(ok, value):
+            done(ok, value)
+            if ok:
+                self._loop.call_soon(self._release, release)
+
+        self.store.write_cb(fn, cb)
+
+    def _release(self, release) -> None:
+        cell, batch_key = release
+        if cell and self.vol is not None:
+            gid, mids = cell[0]
+            self.vol.release(gid, mids, batch_key)
+
+    def _ack_prepare(self, addr: str, payload):
+        """Validate an ACK and read what it needs; -> (writer fn, lease release info or None)."""
         req = AckRequest(payload)
         name = req.mail_address or addr
         nameb = enc_str(name)
@@ -622,13 +736,11 @@ class MailboxService:
                     bk = gp + u64(batch_id)
                     bv = vt.get(bk, db=self.vol.batches)
                     if bv is not None:
-                        ents = [LANE_ID.unpack_from(bv, off) for off in range(BATCH_HEAD.size, len(bv), 9)]
-                        for i, (_l, m) in enumerate(ents):
-                            if m == msg_id:
-                                entries = ents[:i + 1]
-                                if i == len(ents) - 1:
-                                    batch_key = bk
-                                break
+                        ents, last = scan.batch_upto(bv, msg_id)
+                        if ents:
+                            entries = ents
+                            if last:
+                                batch_key = bk
         mbid = box.mbid
         cell: list = []
 
@@ -650,27 +762,28 @@ class MailboxService:
                 ents = [(lane, msg_id) for lane in LANES
                         if txn.get(msg_key(b.mbid, lane, msg_id), db=self.d_msgs) is not None][:1]
             gp = u64(gid)
-            touched = set()
+            acked: dict[int, set] = {}  # lane -> ids confirmed now, at or above its watermark
             for lane, mid in ents:
                 if mid >= c[lane]:
-                    txn.put(gp + u64(mid), b"", db=self.d_gacks)
-                    touched.add(lane)
-            for lane in touched:
-                c[lane] = self._advance(txn, b.mbid, gp, lane, c[lane])
-            if touched:
+                    ids_ = acked.get(lane)
+                    if ids_ is None:
+                        ids_ = acked[lane] = set()
+                    ids_.add(mid)
+            if acked:
+                # Advance each watermark over this ACK's ids and older ACK records; only ids left
+                # above the new watermark get an ACK record (none are written to be deleted at once).
+                mcur = txn.cursor(db=self.d_msgs)
+                gc = txn.cursor(db=self.d_gacks)
+                old = gc if gc.set_range(gp) and gc.key()[:8] == gp else None
+                for lane, ids_ in acked.items():
+                    c[lane] = scan.advance(mcur, lane_prefix(b.mbid, lane), c[lane], ids_, old, gp)
+                    for mid in ids_:
+                        gc.put(gp + u64(mid), b"")
                 txn.put(gk, GROUP.pack(gid, c[0], c[1], c[2]), db=self.d_groups)
             cell.append((gid, [m for _l, m in ents]))
             return b'{"error":""}'
 
-        fut = self.store.write(fn)
-        if entries is not None:
-            fut.add_done_callback(lambda f: self._release_after(cell, batch_key, f))
-        return fut
-
-    def _release_after(self, cell, batch_key, fut) -> None:
-        if cell and not fut.cancelled() and fut.exception() is None and self.vol is not None:
-            gid, mids = cell[0]
-            self.vol.release(gid, mids, batch_key)
+        return fn, (None if entries is None else (cell, batch_key))
 
     # ================================================================ MSG.QUERY
     def query(self, addr: str, payload):

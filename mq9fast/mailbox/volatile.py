@@ -21,6 +21,7 @@ import os
 
 import lmdb
 
+from .hot import scan
 from .layout import BATCH_HEAD, BE_U64, LEASE, u64
 
 
@@ -75,9 +76,7 @@ class Volatile:
     def release(self, gid: int, msg_ids, batch_key: bytes | None) -> None:
         """After an ACK is durable: forget the leases of the confirmed ids (and the batch)."""
         with self.env.begin(write=True) as txn:
-            prefix = u64(gid)
-            for mid in msg_ids:
-                txn.delete(prefix + u64(mid), db=self.leases)
+            scan.release(txn.cursor(db=self.leases), u64(gid), msg_ids)
             if batch_key is not None:
                 txn.delete(batch_key, db=self.batches)
 
