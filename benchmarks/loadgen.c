@@ -17,6 +17,16 @@
  *   loadgen connections --url U --count N --src-prefix 127.0.0. [--seconds S]
  *   loadgen card I | query I text|semantic    (print a generated card / query)
  *
+ * Many connections (raw engine; see "many connections" below and README):
+ *   loadgen pubsub  --conns N [--subs S] [--route shared|split|local]
+ *   loadgen reqrep  --conns N --inflight K [--responders R] [--route shared|local]
+ *   loadgen mq9send --conns N --inflight K [--mailboxes M] --mailbox PREFIX
+ *   loadgen jspub   --conns N --inflight K [--mailboxes M] --stream NAME
+ * Connections are spread over mq9fast --workers N by the kernel (plain
+ * connect, SO_REUSEPORT); each INFO's worker_id is recorded, and the output
+ * says how many connections each worker got and which share of the traffic
+ * crossed between workers (cross_frac).
+ *
  * Common options: --warmup SEC (excluded from the measurement window),
  * --broker-pid PID (the generator samples the broker's CPU time from
  * /proc/PID/stat at the exact window boundaries, so the caller can tell a
@@ -197,6 +207,11 @@ typedef struct {
     const char *ack;
     int limit;
     const char *engine;
+    int conns;          /* publisher / requester / sender connections (many-connection mode) */
+    int subs;           /* pubsub: subscriber connections */
+    int responders;     /* reqrep: responder connections (one queue group) */
+    const char *route;  /* shared | split | local (see run_pubsub_multi / run_reqrep_multi) */
+    int mailboxes;      /* mq9send/jspub with --conns: distinct mailboxes (0 = one per connection) */
 } opts_t;
 
 static opts_t O = {
@@ -221,6 +236,11 @@ static opts_t O = {
     .ack = "sync",
     .limit = 10,
     .engine = "libnats",
+    .conns = 1,
+    .subs = 1,
+    .responders = 1,
+    .route = "shared",
+    .mailboxes = 0,
 };
 
 static void parse_opts(int argc, char **argv)
@@ -252,6 +272,11 @@ static void parse_opts(int argc, char **argv)
         else if (!strcmp(k, "ack")) O.ack = v;
         else if (!strcmp(k, "limit")) O.limit = atoi(v);
         else if (!strcmp(k, "engine")) O.engine = v;
+        else if (!strcmp(k, "conns")) O.conns = atoi(v);
+        else if (!strcmp(k, "subs")) O.subs = atoi(v);
+        else if (!strcmp(k, "responders")) O.responders = atoi(v);
+        else if (!strcmp(k, "route")) O.route = v;
+        else if (!strcmp(k, "mailboxes")) O.mailboxes = atoi(v);
         else die("unknown option --%s", k);
     }
     if (O.size < 0 || O.size > 1000000) die("bad --size");
@@ -260,6 +285,18 @@ static void parse_opts(int argc, char **argv)
     if (O.warmup < 0 || O.warmup > 60) die("bad --warmup");
     if (O.batch < 1 || O.batch > 10000) die("bad --batch");
     if (strcmp(O.engine, "libnats") && strcmp(O.engine, "raw")) die("--engine must be libnats or raw");
+    if (O.conns < 1 || O.conns > 4096) die("bad --conns (1..4096)");
+    if (O.subs < 1 || O.subs > 1024) die("bad --subs (1..1024)");
+    if (O.responders < 1 || O.responders > 1024) die("bad --responders (1..1024)");
+    if (O.mailboxes < 0 || O.mailboxes > 4096) die("bad --mailboxes");
+    if (strcmp(O.route, "shared") && strcmp(O.route, "split") && strcmp(O.route, "local"))
+        die("--route must be shared, split or local");
+}
+
+/* the many-connection code paths (raw engine only) */
+static bool multi_mode(void)
+{
+    return O.conns > 1 || O.subs > 1 || O.responders > 1 || strcmp(O.route, "shared") != 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -277,9 +314,20 @@ static double self_cpu_s(void)
 /* utime+stime of one process (all its threads); *ppid receives its parent */
 static double proc_cpu_one(int pid, int *ppid);
 
-/* CPU of the broker process plus its direct children (mq9fast --workers N forks) */
-static double proc_cpu_s(int pid)
+/* the broker's direct children and their CPU (mq9fast --workers N) */
+#define MAX_CHILDREN 16
+typedef struct {
+    int n;
+    int pid[MAX_CHILDREN];
+    double cpu[MAX_CHILDREN];
+} children_t;
+
+/* CPU of the broker process plus its direct children (mq9fast --workers N forks);
+   each child's own figure goes to *ch when ch is not NULL */
+static double proc_cpu_s_ch(int pid, children_t *ch)
 {
+    if (ch)
+        ch->n = 0;
     if (pid <= 0)
         return NAN;
     int pp;
@@ -297,8 +345,14 @@ static double proc_cpu_s(int pid)
         if (child == pid)
             continue;
         double c = proc_cpu_one(child, &pp);
-        if (!isnan(c) && pp == pid)
+        if (!isnan(c) && pp == pid) {
             total += c;
+            if (ch && ch->n < MAX_CHILDREN) {
+                ch->pid[ch->n] = child;
+                ch->cpu[ch->n] = c;
+                ch->n++;
+            }
+        }
     }
     closedir(d);
     return total;
@@ -380,11 +434,17 @@ typedef struct {
     double gen;
     double brk;
     double host;
+    children_t ch; /* per-child CPU (workers) */
 } mark_t;
 
 static mark_t mark_now(void)
 {
-    mark_t m = {now_ns(), self_cpu_s(), proc_cpu_s(O.broker_pid), host_busy_s()};
+    mark_t m;
+    memset(&m, 0, sizeof m);
+    m.t = now_ns();
+    m.gen = self_cpu_s();
+    m.brk = proc_cpu_s_ch(O.broker_pid, &m.ch);
+    m.host = host_busy_s();
     return m;
 }
 
@@ -401,6 +461,33 @@ static void out_window(const mark_t *a, const mark_t *b)
     if (O.broker_pid > 0)
         other -= (b->brk - a->brk);
     out_num("other_cpu", el > 0 ? other / el : NAN);
+    /* --workers N: every worker's share (children of the broker pid, by pid: spawn order) */
+    if (O.broker_pid > 0 && b->ch.n > 0 && el > 0) {
+        int idx[MAX_CHILDREN];
+        for (int i = 0; i < b->ch.n; i++)
+            idx[i] = i;
+        for (int i = 1; i < b->ch.n; i++)
+            for (int j = i; j > 0 && b->ch.pid[idx[j]] < b->ch.pid[idx[j - 1]]; j--) {
+                int t = idx[j];
+                idx[j] = idx[j - 1];
+                idx[j - 1] = t;
+            }
+        out_key("child_cpu");
+        out_raw("[");
+        for (int k = 0; k < b->ch.n; k++) {
+            int i = idx[k];
+            double before = NAN;
+            for (int j = 0; j < a->ch.n; j++)
+                if (a->ch.pid[j] == b->ch.pid[i])
+                    before = a->ch.cpu[j];
+            double v = isnan(before) ? NAN : (b->ch.cpu[i] - before) / el;
+            if (isfinite(v))
+                out_raw("%s%.3f", k ? "," : "", v);
+            else
+                out_raw("%snull", k ? "," : "");
+        }
+        out_raw("]");
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -728,6 +815,8 @@ struct rconn {
     char *wbuf;
     size_t wlen, woff, wcap;
     long msgs;
+    long published; /* frames this connection published (many-connection scenarios) */
+    int worker;     /* "worker_id" of the broker's INFO (mq9fast --workers N); -1: none */
     bool closed;
     char err[200];
 };
@@ -830,7 +919,12 @@ static void rc_parse(rconn_t *c, rmsg_cb cb, void *ctx)
             pos += ll + (size_t)total + 2;
             continue;
         }
-        if (cl >= 4 && !strncasecmp(line, "PING", 4))
+        if (cl >= 5 && !strncmp(line, "INFO ", 5)) {
+            /* which worker accepted us (mq9fast --workers N); nats-server has no worker_id */
+            const char *w = memmem(line, cl, "\"worker_id\":", 12);
+            if (w)
+                c->worker = atoi(w + 12);
+        } else if (cl >= 4 && !strncasecmp(line, "PING", 4))
             rc_append(c, "PONG\r\n", 6);
         else if (cl >= 4 && !strncmp(line, "-ERR", 4) && !c->err[0])
             snprintf(c->err, sizeof c->err, "%.*s", (int)(cl < 150 ? cl : 150), line);
@@ -909,6 +1003,7 @@ static rconn_t *rc_open(void)
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
         die("raw engine needs a numeric IPv4 host, got %s", host);
     rconn_t *c = calloc(1, sizeof *c);
+    c->worker = -1;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0)
         die("raw connect %s: %s", O.url, strerror(errno));
@@ -970,6 +1065,8 @@ typedef struct {
     char prefix[64];
     size_t prefix_len;
     char **reply_subj;
+    char **frame;   /* raw engine, fixed body: the whole PUB frame of each slot, rendered once */
+    size_t *frame_len;
     int64_t *sent_at;
     int check;
     int body;
@@ -983,6 +1080,8 @@ typedef struct {
     int64_t first_sent, last_reply;
     long long extra; /* e.g. total result entries for DISCOVER */
     lat_t lat;
+    uint8_t *xflag;  /* many-connection reqrep: slot's request was answered on another worker */
+    lat_t lat_x;     /* latencies of those requests (lat holds the others) */
     char first_error[300];
     mark_t m_start, m_end;
     bool m_start_set, m_end_set;
@@ -1010,6 +1109,10 @@ static void req_issue(req_t *r, int slot, int64_t now)
     r->sent_at[slot] = now;
     if (r->first_sent == 0)
         r->first_sent = now;
+    if (r->raw && r->frame) {
+        rc_append(r->raw, r->frame[slot], r->frame_len[slot]);
+        return;
+    }
     if (r->raw) {
         char hdr[512];
         int hl = snprintf(hdr, sizeof hdr, "PUB %s %s %d\r\n", r->subject, r->reply_subj[slot], len);
@@ -1070,7 +1173,7 @@ static void req_got_reply(req_t *r, const char *subj, size_t sl, const char *d, 
         r->win_replies++;
         if (!ok)
             r->win_errors++;
-        lat_add(&r->lat, now - r->sent_at[slot]);
+        lat_add(r->xflag && r->xflag[slot] ? &r->lat_x : &r->lat, now - r->sent_at[slot]);
     }
     if (now < r->deadline && r->issued < r->max_requests) {
         req_issue(r, slot, now);
@@ -1111,20 +1214,37 @@ static void raw_responder_cb(void *ctx, rconn_t *c, const char *subj, size_t sl,
     (void)ctx;
     (void)subj;
     (void)sl;
-    if (!reply)
+    if (!reply || rl > 200 || n < 0)
         return;
-    char hdr[300];
-    int hl = snprintf(hdr, sizeof hdr, "PUB %.*s %d\r\n", (int)rl, reply, n);
-    rc_append(c, hdr, (size_t)hl);
+    /* "PUB <reply> <n>\r\n<data>\r\n", assembled by hand (this runs once per request) */
+    char hdr[240], num[16];
+    int nl = 0;
+    unsigned v = (unsigned)n;
+    do {
+        num[nl++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    size_t hl = 0;
+    memcpy(hdr, "PUB ", 4);
+    hl = 4;
+    memcpy(hdr + hl, reply, rl);
+    hl += rl;
+    hdr[hl++] = ' ';
+    while (nl)
+        hdr[hl++] = num[--nl];
+    hdr[hl++] = '\r';
+    hdr[hl++] = '\n';
+    rc_append(c, hdr, hl);
     rc_append(c, data, (size_t)n);
     rc_append(c, "\r\n", 2);
 }
+
+static int g_req_serial; /* numbers every requester's inbox */
 
 static void req_init(req_t *r, natsConnection *nc, rconn_t *raw, const char *subject, int inflight,
                      int check, int body, long max_requests)
 {
     memset(r, 0, sizeof *r);
-    static int serial;
     r->nc = nc;
     r->raw = raw;
     r->subject = subject;
@@ -1132,7 +1252,7 @@ static void req_init(req_t *r, natsConnection *nc, rconn_t *raw, const char *sub
     r->check = check;
     r->body = body;
     r->max_requests = max_requests > 0 ? max_requests : 2000000000L;
-    snprintf(r->prefix, sizeof r->prefix, "_INBOX.lg%d_%d.", (int)getpid(), serial++);
+    snprintf(r->prefix, sizeof r->prefix, "_INBOX.lg%d_%d.", (int)getpid(), g_req_serial++);
     r->prefix_len = strlen(r->prefix);
     r->reply_subj = calloc((size_t)inflight, sizeof(char *));
     r->sent_at = calloc((size_t)inflight, sizeof(int64_t));
@@ -1140,6 +1260,19 @@ static void req_init(req_t *r, natsConnection *nc, rconn_t *raw, const char *sub
         char s[96];
         snprintf(s, sizeof s, "%s%d", r->prefix, i);
         r->reply_subj[i] = strdup(s);
+    }
+    if (raw && body == BODY_FIXED) {
+        r->frame = calloc((size_t)inflight, sizeof(char *));
+        r->frame_len = calloc((size_t)inflight, sizeof(size_t));
+        for (int i = 0; i < inflight; i++) {
+            char hdr[512];
+            int hl = snprintf(hdr, sizeof hdr, "PUB %s %s %d\r\n", subject, r->reply_subj[i], O.size);
+            r->frame_len[i] = (size_t)hl + (size_t)O.size + 2;
+            r->frame[i] = malloc(r->frame_len[i]);
+            memcpy(r->frame[i], hdr, (size_t)hl);
+            memcpy(r->frame[i] + hl, g_payload, (size_t)O.size);
+            memcpy(r->frame[i] + hl + O.size, "\r\n", 2);
+        }
     }
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
@@ -1282,11 +1415,18 @@ static void req_destroy(req_t *r)
         natsSubscription_Unsubscribe(r->sub);
         natsSubscription_Destroy(r->sub);
     }
-    for (int i = 0; i < r->inflight; i++)
+    for (int i = 0; i < r->inflight; i++) {
         free(r->reply_subj[i]);
+        if (r->frame)
+            free(r->frame[i]);
+    }
     free(r->reply_subj);
+    free(r->frame);
+    free(r->frame_len);
     free(r->sent_at);
     free(r->lat.v);
+    free(r->lat_x.v);
+    free(r->xflag);
 }
 
 /* one synchronous request; returns the reply (caller destroys) or dies */
@@ -1323,9 +1463,17 @@ static void ps_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
 }
 
 static void run_pubsub_raw(void);
+static void run_pubsub_multi(void);
+static void run_reqrep_multi(void);
+static void run_mq9send_multi(void);
+static void run_jspub_multi(void);
 
 static void run_pubsub(void)
 {
+    if (multi_mode()) {
+        run_pubsub_multi();
+        return;
+    }
     if (use_raw()) {
         run_pubsub_raw();
         return;
@@ -1576,6 +1724,10 @@ static void responder_stop(responder_t *rs)
 
 static void run_reqrep(void)
 {
+    if (multi_mode()) {
+        run_reqrep_multi();
+        return;
+    }
     req_t r;
     if (use_raw()) {
         char subj[64], line[128];
@@ -1630,6 +1782,10 @@ static bool mq9_create(natsConnection *nc, const char *addr, char *err, size_t e
 
 static void run_mq9send(void)
 {
+    if (multi_mode()) {
+        run_mq9send_multi();
+        return;
+    }
     char addr[160];
     if (O.mailbox)
         snprintf(addr, sizeof addr, "%s", O.mailbox);
@@ -1690,6 +1846,10 @@ static jsCtx *js_setup_stream(natsConnection *nc, const char *name, const char *
 
 static void run_jspub(void)
 {
+    if (multi_mode()) {
+        run_jspub_multi();
+        return;
+    }
     char subj[160];
     snprintf(subj, sizeof subj, "bench.js.%s", O.stream);
     natsConnection *nc = nats_connect("lg-jspub", O.asap != 0);
@@ -1707,6 +1867,774 @@ static void run_jspub(void)
     out_int("size", O.size);
     out_bool("ok", r.win_replies > 0 && r.errors == 0);
     req_destroy(&r);
+    jsErrCode jerr;
+    js_DeleteStream(js, O.stream, NULL, &jerr);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+}
+
+/* ------------------------------------------------------------------ */
+/* many connections: --conns N (publishers / requesters / senders),    */
+/* --subs S, --responders R, --route shared|split|local                */
+/*                                                                      */
+/* Raw engine only.  All connections are opened one after the other     */
+/* with a plain connect(), so with mq9fast --workers N the kernel's      */
+/* SO_REUSEPORT hashing spreads them over the workers exactly as it      */
+/* would spread real clients; the INFO line of each connection tells     */
+/* which worker took it ("worker_id"; nats-server has none = 0).  One     */
+/* thread drives every socket with poll(); each connection keeps its     */
+/* own buffers, flow control and in-flight slots.                        */
+/* ------------------------------------------------------------------ */
+
+#define MAXW 64
+
+static int worker_of(const rconn_t *c) { return c->worker < 0 ? 0 : (c->worker >= MAXW ? MAXW - 1 : c->worker); }
+
+/* "w0:33,w1:31": how the kernel spread these connections over the workers */
+static void out_workers(const char *key, rconn_t **cs, int n)
+{
+    int cnt[MAXW] = {0}, maxw = 0;
+    for (int i = 0; i < n; i++) {
+        int w = worker_of(cs[i]);
+        cnt[w]++;
+        if (w > maxw)
+            maxw = w;
+    }
+    char buf[1024];
+    size_t l = 0;
+    for (int w = 0; w <= maxw && l < sizeof buf - 32; w++)
+        l += (size_t)snprintf(buf + l, sizeof buf - l, "%sw%d:%d", w ? "," : "", w, cnt[w]);
+    out_str(key, buf);
+}
+
+static rconn_t **open_many(int n)
+{
+    rconn_t **cs = calloc((size_t)n, sizeof *cs);
+    for (int i = 0; i < n; i++)
+        cs[i] = rc_open();
+    return cs;
+}
+
+static void close_many(rconn_t **cs, int n)
+{
+    for (int i = 0; i < n; i++)
+        rc_close(cs[i]);
+    free(cs);
+}
+
+/* every connection of a scenario on one epoll set (level-triggered EPOLLIN; EPOLLOUT only
+   while a connection has output the kernel did not take) */
+typedef struct {
+    int ep;
+    rconn_t **c;
+    int n;
+    uint8_t *want_out;
+    struct epoll_event *evs;
+    int nready;
+} pset_t;
+
+static void pset_add(pset_t *p, rconn_t **cs, int n)
+{
+    if (p->n == 0 && p->ep <= 0)
+        p->ep = epoll_create1(EPOLL_CLOEXEC);
+    p->c = realloc(p->c, (size_t)(p->n + n) * sizeof *p->c);
+    p->want_out = realloc(p->want_out, (size_t)(p->n + n));
+    p->evs = realloc(p->evs, (size_t)(p->n + n) * sizeof *p->evs);
+    for (int i = 0; i < n; i++) {
+        int idx = p->n + i;
+        p->c[idx] = cs[i];
+        p->want_out[idx] = 0;
+        struct epoll_event ee = {.events = EPOLLIN, .data.u32 = (uint32_t)idx};
+        if (epoll_ctl(p->ep, EPOLL_CTL_ADD, cs[i]->fd, &ee) != 0)
+            die("epoll_ctl: %s", strerror(errno));
+    }
+    p->n += n;
+}
+
+static void pset_poll(pset_t *p, int timeout_ms)
+{
+    for (int i = 0; i < p->n; i++) {
+        rconn_t *c = p->c[i];
+        uint8_t want = !c->closed && rc_pending(c) > 0;
+        if (want != p->want_out[i] && !c->closed) {
+            struct epoll_event ee = {.events = EPOLLIN | (want ? EPOLLOUT : 0), .data.u32 = (uint32_t)i};
+            epoll_ctl(p->ep, EPOLL_CTL_MOD, c->fd, &ee);
+            p->want_out[i] = want;
+        }
+    }
+    p->nready = epoll_wait(p->ep, p->evs, p->n, timeout_ms);
+    if (p->nready < 0)
+        p->nready = 0;
+}
+
+static void pset_free(pset_t *p)
+{
+    if (p->ep > 0)
+        close(p->ep);
+    free(p->c);
+    free(p->want_out);
+    free(p->evs);
+}
+
+static bool any_closed(rconn_t **cs, int n, char *err, size_t cap)
+{
+    for (int i = 0; i < n; i++)
+        if (cs[i]->closed) {
+            if (err && !err[0])
+                snprintf(err, cap, "%s", cs[i]->err[0] ? cs[i]->err : "connection closed");
+            return true;
+        }
+    return false;
+}
+
+/* -------------------------------------------------------------- pubsub */
+
+/*
+ * Fan-in: N publisher connections, S subscriber connections.  Publisher i
+ * publishes to bench.ps.<pid>.<t>.<i>, where t is its target subscriber:
+ *   shared  every publisher targets t = 0 and the S subscribers subscribe to
+ *           bench.ps.<pid>.0.* (S = 1: one plain subscription, the classic
+ *           fan-in; S > 1: one queue group "q", the broker picks the member);
+ *   split   t = i mod S, subscriber t subscribes to bench.ps.<pid>.<t>.*
+ *           (placement-blind: publisher and subscriber are on the same worker
+ *           only by chance);
+ *   local   t = a subscriber that the kernel placed on the publisher's own
+ *           worker (round-robin among them; any subscriber if that worker has
+ *           none): the no-link-traffic upper bound of --workers N.
+ * The last subject token tells the receiver which publisher sent a message,
+ * so flow control is per publisher: publisher i never runs more than
+ * window/N messages (at least 2 blocks) ahead of what has been received from
+ * it, and a publisher whose path is slower simply publishes less; nobody
+ * builds an unbounded backlog.  Blocks of 128 frames; a connection gets its
+ * next block only when the previous one is entirely in the kernel.
+ * Measured: messages/s received (all subscribers) inside the window; also
+ * the share of deliveries that crossed between workers (publisher's worker
+ * != subscriber's worker), exact.
+ */
+typedef struct {
+    long *recv;       /* per publisher */
+    int npub;
+    long received, cross, corrupt;
+    int *pub_worker;
+} mps_t;
+
+typedef struct {
+    mps_t *st;
+    int worker;
+} mps_sub_t;
+
+static mps_sub_t *g_mps_subs;
+
+static void mps_cb(void *ctx, rconn_t *c, const char *subj, size_t sl, const char *reply,
+                   size_t rl, const char *data, int n)
+{
+    (void)reply; (void)rl;
+    mps_sub_t *sub = ctx;
+    mps_t *st = sub->st;
+    /* last token = publisher index */
+    size_t k = sl;
+    while (k > 0 && subj[k - 1] != '.')
+        k--;
+    long i = 0;
+    for (size_t j = k; j < sl && subj[j] >= '0' && subj[j] <= '9'; j++)
+        i = i * 10 + (subj[j] - '0');
+    if (n != O.size || memcmp(data, g_payload, (size_t)n) != 0)
+        st->corrupt++;
+    st->received++;
+    if (i >= 0 && i < st->npub) {
+        st->recv[i]++;
+        if (st->pub_worker[i] != worker_of(c))
+            st->cross++;
+    }
+}
+
+static void run_pubsub_multi(void)
+{
+    if (!use_raw())
+        die("--conns/--subs/--route need --engine raw");
+    int np = O.conns, ns = O.subs;
+    bool shared = !strcmp(O.route, "shared"), local = !strcmp(O.route, "local");
+    long max_count = O.count > 0 ? O.count : 2000000000L;
+    enum { MBLK = 128 }; /* frames per write: ~19 KB with 128-byte bodies */
+    char base[64], line[256];
+    snprintf(base, sizeof base, "bench.ps.%d", (int)getpid());
+
+    rconn_t **subs = open_many(ns);
+    mps_t st = {0};
+    st.npub = np;
+    st.recv = calloc((size_t)np, sizeof(long));
+    st.pub_worker = calloc((size_t)np, sizeof(int));
+    g_mps_subs = calloc((size_t)ns, sizeof *g_mps_subs);
+    for (int j = 0; j < ns; j++) {
+        g_mps_subs[j].st = &st;
+        g_mps_subs[j].worker = worker_of(subs[j]);
+        int ll;
+        if (shared)
+            ll = ns > 1 ? snprintf(line, sizeof line, "SUB %s.0.* q 1\r\n", base)
+                        : snprintf(line, sizeof line, "SUB %s.0.* 1\r\n", base);
+        else
+            ll = snprintf(line, sizeof line, "SUB %s.%d.* 1\r\n", base, j);
+        rc_append(subs[j], line, (size_t)ll);
+        /* mq9fast --workers: the PONG comes once every worker knows the interest */
+        rc_sync(subs[j], NULL, NULL);
+    }
+    rconn_t **pubs = open_many(np);
+    int *target = calloc((size_t)np, sizeof(int));
+    int rr[MAXW] = {0}, fallback = 0;
+    for (int i = 0; i < np; i++) {
+        st.pub_worker[i] = worker_of(pubs[i]);
+        if (shared)
+            target[i] = 0;
+        else if (!local)
+            target[i] = i % ns;
+        else {
+            int w = worker_of(pubs[i]), cnt = 0;
+            for (int j = 0; j < ns; j++)
+                cnt += g_mps_subs[j].worker == w;
+            if (cnt == 0) {
+                target[i] = i % ns;
+                fallback++;
+                continue;
+            }
+            int pick = rr[w]++ % cnt;
+            for (int j = 0; j < ns; j++)
+                if (g_mps_subs[j].worker == w && pick-- == 0) {
+                    target[i] = j;
+                    break;
+                }
+        }
+    }
+    /* one pre-rendered block per publisher (its own subject) */
+    char **blk = calloc((size_t)np, sizeof(char *));
+    size_t *blen = calloc((size_t)np, sizeof(size_t));
+    for (int i = 0; i < np; i++) {
+        int hl = snprintf(line, sizeof line, "PUB %s.%d.%d %d\r\n", base, target[i], i, O.size);
+        size_t flen = (size_t)hl + (size_t)O.size + 2;
+        blen[i] = flen * MBLK;
+        blk[i] = malloc(blen[i]);
+        for (int b = 0; b < MBLK; b++) {
+            char *f = blk[i] + (size_t)b * flen;
+            memcpy(f, line, (size_t)hl);
+            memcpy(f + hl, g_payload, (size_t)O.size);
+            memcpy(f + hl + O.size, "\r\n", 2);
+        }
+    }
+    long lim = O.window > 0 ? O.window / np : 0;
+    if (O.window > 0 && lim < 2 * MBLK)
+        lim = 2 * MBLK;
+
+    pset_t ps = {0};
+    pset_add(&ps, subs, ns);
+    pset_add(&ps, pubs, np);
+    int64_t t0 = now_ns();
+    int64_t ws = t0 + (int64_t)(O.warmup * 1e9);
+    int64_t we = ws + (int64_t)(O.seconds * 1e9);
+    int64_t drain_limit = we + 3000000000LL;
+    long published = 0, pub_ws = 0, rcv_ws = 0, pub_we = 0, rcv_we = 0, throttled = 0;
+    long cross_ws = 0, cross_we = 0;
+    bool in_win = false, ended = false;
+    mark_t ma = {0}, mb = {0};
+    char err[200] = "";
+    int rot = 0;
+    for (;;) {
+        int64_t now = now_ns();
+        if (!in_win && now >= ws) {
+            in_win = true;
+            ma = mark_now();
+            pub_ws = published;
+            rcv_ws = st.received;
+            cross_ws = st.cross;
+        }
+        if (!ended && (now >= we || published >= max_count)) {
+            ended = true;
+            mb = mark_now();
+            pub_we = published;
+            rcv_we = st.received;
+            cross_we = st.cross;
+        }
+        if (ended && (st.received >= published || now >= drain_limit))
+            break;
+        if (any_closed(subs, ns, err, sizeof err) || any_closed(pubs, np, err, sizeof err))
+            break;
+        bool progress = false;
+        if (!ended) {
+            for (int k = 0; k < np && published < max_count; k++) {
+                int i = (rot + k) % np;
+                rconn_t *p = pubs[i];
+                if (rc_pending(p) > 0)
+                    continue; /* its last block is not in the kernel yet */
+                if (lim > 0 && p->published - st.recv[i] > lim - MBLK) {
+                    throttled++;
+                    continue;
+                }
+                rc_append(p, blk[i], blen[i]);
+                p->published += MBLK;
+                published += MBLK;
+                progress |= rc_flush(p);
+            }
+            rot = (rot + 1) % np;
+        }
+        pset_poll(&ps, progress ? 0 : 2);
+        for (int e = 0; e < ps.nready; e++) {
+            uint32_t ev = ps.evs[e].events;
+            int k = (int)ps.evs[e].data.u32;
+            rconn_t *c = ps.c[k];
+            if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                rc_pump(c, k < ns ? mps_cb : NULL, k < ns ? (void *)&g_mps_subs[k] : NULL);
+            if (rc_pending(c))
+                rc_flush(c);
+        }
+    }
+    if (!in_win) {
+        ma = mark_now();
+        ma.t = t0;
+    }
+    if (!ended) {
+        mb = mark_now();
+        pub_we = published;
+        rcv_we = st.received;
+        cross_we = st.cross;
+    }
+    double el = (mb.t - ma.t) / 1e9;
+    out_num("recv_rate", el > 0 ? (rcv_we - rcv_ws) / el : 0);
+    out_num("pub_rate", el > 0 ? (pub_we - pub_ws) / el : 0);
+    out_num("recv_mb_s", el > 0 ? (rcv_we - rcv_ws) * (double)O.size / el / 1e6 : 0);
+    out_int("published", published);
+    out_int("received", st.received);
+    out_int("missing", published - st.received);
+    out_int("throttle_waits", throttled);
+    out_int("corrupt", st.corrupt);
+    out_int("size", O.size);
+    out_str("engine", "raw");
+    out_int("conns", np);
+    out_int("subs", ns);
+    out_str("route", O.route);
+    out_int("window_per_pub", lim);
+    out_workers("pub_workers", pubs, np);
+    out_workers("sub_workers", subs, ns);
+    if (local && fallback)
+        out_int("local_fallback", fallback);
+    /* deliveries whose publisher and subscriber sat on different workers (went over a link) */
+    out_num("cross_frac", rcv_we > rcv_ws ? (double)(cross_we - cross_ws) / (double)(rcv_we - rcv_ws) : 0);
+    long mn = -1, mx = 0;
+    for (int i = 0; i < np; i++) {
+        if (mn < 0 || pubs[i]->published < mn)
+            mn = pubs[i]->published;
+        if (pubs[i]->published > mx)
+            mx = pubs[i]->published;
+    }
+    out_int("pub_min", mn);
+    out_int("pub_max", mx);
+    if (err[0])
+        out_str("error", err);
+    out_window(&ma, &mb);
+    out_bool("ok", st.received > 0 && !err[0] && st.corrupt == 0);
+    for (int i = 0; i < np; i++)
+        free(blk[i]);
+    free(blk);
+    free(blen);
+    free(target);
+    pset_free(&ps);
+    close_many(pubs, np);
+    close_many(subs, ns);
+    free(st.recv);
+    free(st.pub_worker);
+    free(g_mps_subs);
+}
+
+/* ------------------------------------------------- pipelined requesters */
+
+/*
+ * N requester connections, each with its own req_t (K in flight, own inbox
+ * wildcard, own reply slots), plus optional responder connections, all on one
+ * poll loop.  The window is global: every req_t gets the same start and
+ * deadline; CPU marks are taken once at the window boundaries.
+ */
+typedef struct {
+    int worker;
+    long handled, cross;
+} mresp_t;
+
+static int *g_req_worker;
+static req_t *g_req_rs;
+static int g_req_n, g_req_serial0;
+static char g_inbox_pfx[64];
+static size_t g_inbox_pfx_len;
+
+/* echo the request to its reply subject; count requests whose requester sits on another worker */
+static void mresp_cb(void *ctx, rconn_t *c, const char *subj, size_t sl, const char *reply,
+                     size_t rl, const char *data, int n)
+{
+    mresp_t *st = ctx;
+    if (!reply)
+        return;
+    st->handled++;
+    if (rl > g_inbox_pfx_len && !memcmp(reply, g_inbox_pfx, g_inbox_pfx_len)) {
+        long serial = 0;
+        for (size_t j = g_inbox_pfx_len; j < rl && reply[j] >= '0' && reply[j] <= '9'; j++)
+            serial = serial * 10 + (reply[j] - '0');
+        long idx = serial - g_req_serial0;
+        if (idx >= 0 && idx < g_req_n) {
+            bool cross = g_req_worker[idx] != st->worker;
+            st->cross += cross;
+            /* the requester files this request's latency under cross / local */
+            const char *dot = memchr(reply + g_inbox_pfx_len, '.', rl - g_inbox_pfx_len);
+            req_t *r = &g_req_rs[idx];
+            if (dot && r->xflag) {
+                long slot = 0;
+                for (const char *q = dot + 1; q < reply + rl && *q >= '0' && *q <= '9'; q++)
+                    slot = slot * 10 + (*q - '0');
+                if (slot >= 0 && slot < r->inflight)
+                    r->xflag[slot] = cross;
+            }
+        }
+    }
+    raw_responder_cb(NULL, c, subj, sl, reply, rl, data, n);
+}
+
+static void multi_req_setup(req_t *rs, rconn_t **cs, int n, char **subjects, int check)
+{
+    snprintf(g_inbox_pfx, sizeof g_inbox_pfx, "_INBOX.lg%d_", (int)getpid());
+    g_inbox_pfx_len = strlen(g_inbox_pfx);
+    g_req_serial0 = g_req_serial;
+    g_req_n = n;
+    g_req_rs = rs;
+    g_req_worker = calloc((size_t)n, sizeof(int));
+    for (int i = 0; i < n; i++) {
+        g_req_worker[i] = worker_of(cs[i]);
+        req_init(&rs[i], NULL, cs[i], subjects[i], O.inflight, check, BODY_FIXED, O.count);
+    }
+}
+
+static void multi_req_run(req_t *rs, int n, rconn_t **resp, mresp_t *rst, int nr, mark_t *ma,
+                          mark_t *mb, char *err, size_t errcap)
+{
+    int64_t t0 = now_ns();
+    int64_t ws = t0 + (int64_t)(O.warmup * 1e9);
+    int64_t we = ws + (int64_t)(O.seconds * 1e9);
+    int64_t hard = we + 10LL * 1000000000LL;
+    rconn_t **reqc = calloc((size_t)n, sizeof *reqc);
+    for (int i = 0; i < n; i++) {
+        req_t *r = &rs[i];
+        reqc[i] = r->raw;
+        r->win_start = ws;
+        r->deadline = we;
+        r->m_start_set = r->m_end_set = true; /* marks are taken here, once */
+        pthread_mutex_lock(&r->mu);
+        for (int k = 0; k < r->inflight && r->issued < r->max_requests; k++)
+            req_issue(r, k, now_ns());
+        pthread_mutex_unlock(&r->mu);
+        rc_flush(r->raw);
+    }
+    pset_t ps = {0};
+    pset_add(&ps, reqc, n);
+    if (nr)
+        pset_add(&ps, resp, nr);
+    bool in_win = false, ended = false;
+    for (;;) {
+        int64_t now = now_ns();
+        if (!in_win && now >= ws) {
+            in_win = true;
+            *ma = mark_now();
+        }
+        if (!ended && now >= we) {
+            ended = true;
+            *mb = mark_now();
+        }
+        if (ended) {
+            long out = 0;
+            for (int i = 0; i < n; i++)
+                out += rs[i].outstanding;
+            if (out == 0)
+                break;
+        }
+        if (now >= hard)
+            break;
+        if (any_closed(reqc, n, err, errcap) || (nr && any_closed(resp, nr, err, errcap)))
+            break;
+        pset_poll(&ps, 2);
+        for (int e = 0; e < ps.nready; e++) {
+            uint32_t ev = ps.evs[e].events;
+            int k = (int)ps.evs[e].data.u32;
+            rconn_t *c = ps.c[k];
+            if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                if (k < n)
+                    rc_pump(c, req_raw_cb, &rs[k]);
+                else
+                    rc_pump(c, mresp_cb, &rst[k - n]);
+            }
+            if (rc_pending(c))
+                rc_flush(c);
+        }
+    }
+    if (!in_win)
+        *ma = mark_now();
+    if (!ended)
+        *mb = mark_now();
+    pset_free(&ps);
+    free(reqc);
+}
+
+/* aggregate figures of the N requesters; rate = successful replies in the window / window */
+static void multi_req_report(req_t *rs, int n, rconn_t **cs, mark_t *ma, mark_t *mb, const char *err)
+{
+    long win = 0, win_err = 0, issued = 0, replies = 0, errors = 0, lost = 0, mn = -1, mx = 0;
+    lat_t all = {0};
+    const char *first = NULL;
+    for (int i = 0; i < n; i++) {
+        req_t *r = &rs[i];
+        win += r->win_replies;
+        win_err += r->win_errors;
+        issued += r->issued;
+        replies += r->replies;
+        errors += r->errors;
+        lost += r->outstanding;
+        if (mn < 0 || r->win_replies < mn)
+            mn = r->win_replies;
+        if (r->win_replies > mx)
+            mx = r->win_replies;
+        if (!first && r->first_error[0])
+            first = r->first_error;
+        for (size_t k = 0; k < r->lat.n; k++)
+            lat_add(&all, r->lat.v[k]);
+        for (size_t k = 0; k < r->lat_x.n; k++)
+            lat_add(&all, r->lat_x.v[k]);
+    }
+    double el = O.seconds;
+    out_num("rate", el > 0 ? (win - win_err) / el : 0);
+    out_int("window_errors", win_err);
+    out_int("requests", issued);
+    out_int("replies", replies);
+    out_int("window_replies", win);
+    out_int("errors", errors);
+    out_int("lost", lost);
+    out_int("inflight", O.inflight);
+    out_int("conns", n);
+    out_int("conn_replies_min", mn);
+    out_int("conn_replies_max", mx);
+    out_workers("conn_workers", cs, n);
+    if (first)
+        out_str("first_error", first);
+    else if (err && err[0])
+        out_str("first_error", err);
+    if (err && err[0])
+        out_str("error", err);
+    out_window(ma, mb);
+    out_lat(&all);
+    free(all.v);
+    /* reqrep: latency of requests answered on the requester's own worker vs on another one */
+    bool split = false;
+    for (int i = 0; i < n; i++)
+        split |= rs[i].xflag != NULL;
+    if (split) {
+        lat_t loc = {0}, x = {0};
+        for (int i = 0; i < n; i++) {
+            for (size_t k = 0; k < rs[i].lat.n; k++)
+                lat_add(&loc, rs[i].lat.v[k]);
+            for (size_t k = 0; k < rs[i].lat_x.n; k++)
+                lat_add(&x, rs[i].lat_x.v[k]);
+        }
+        out_lat_p(&loc, "same_worker_");
+        out_lat_p(&x, "cross_worker_");
+        free(loc.v);
+        free(x.v);
+    }
+}
+
+/*
+ * reqrep with many connections: N requesters with K in flight each; R
+ * responder connections in queue group "q" echo every request.
+ *   shared  one subject bench.rr.<pid>; the broker picks the member (with
+ *           --workers, among its local members and the links that advertise
+ *           the group);
+ *   local   responders subscribe to bench.rr.<pid>.w<their worker>, a
+ *           requester sends to the subject of its own worker (any worker
+ *           with responders if its own has none): no link traffic.
+ */
+static void run_reqrep_multi(void)
+{
+    if (!use_raw())
+        die("--conns/--responders/--route need --engine raw");
+    bool local = !strcmp(O.route, "local");
+    if (!local && strcmp(O.route, "shared"))
+        die("reqrep: --route shared or local");
+    int n = O.conns, nr = O.responders;
+    char base[64], line[256];
+    snprintf(base, sizeof base, "bench.rr.%d", (int)getpid());
+    rconn_t **resp = open_many(nr);
+    mresp_t *rst = calloc((size_t)nr, sizeof *rst);
+    bool has[MAXW] = {false};
+    for (int j = 0; j < nr; j++) {
+        rst[j].worker = worker_of(resp[j]);
+        has[rst[j].worker] = true;
+        int ll = local ? snprintf(line, sizeof line, "SUB %s.w%d q 1\r\n", base, rst[j].worker)
+                       : snprintf(line, sizeof line, "SUB %s q 1\r\n", base);
+        rc_append(resp[j], line, (size_t)ll);
+        rc_sync(resp[j], NULL, NULL);
+    }
+    rconn_t **cs = open_many(n);
+    char **subjects = calloc((size_t)n, sizeof(char *));
+    int fallback = 0;
+    for (int i = 0; i < n; i++) {
+        char s[128];
+        if (local) {
+            int w = worker_of(cs[i]);
+            if (!has[w]) {
+                fallback++;
+                w = rst[i % nr].worker;
+            }
+            snprintf(s, sizeof s, "%s.w%d", base, w);
+        } else
+            snprintf(s, sizeof s, "%s", base);
+        subjects[i] = strdup(s);
+    }
+    req_t *rs = calloc((size_t)n, sizeof *rs);
+    multi_req_setup(rs, cs, n, subjects, CHECK_ECHO);
+    for (int i = 0; i < n; i++)
+        rs[i].xflag = calloc((size_t)O.inflight, 1);
+    mark_t ma = {0}, mb = {0};
+    char err[200] = "";
+    multi_req_run(rs, n, resp, rst, nr, &ma, &mb, err, sizeof err);
+    multi_req_report(rs, n, cs, &ma, &mb, err);
+    long handled = 0, cross = 0;
+    for (int j = 0; j < nr; j++) {
+        handled += rst[j].handled;
+        cross += rst[j].cross;
+    }
+    out_int("responders", nr);
+    out_str("route", O.route);
+    out_workers("responder_workers", resp, nr);
+    if (fallback)
+        out_int("local_fallback", fallback);
+    /* requests answered by a responder on another worker: request and reply both crossed */
+    out_num("cross_frac", handled ? (double)cross / handled : 0);
+    out_str("engine", "raw");
+    out_int("size", O.size);
+    long errors = 0, win = 0;
+    for (int i = 0; i < n; i++) {
+        errors += rs[i].errors;
+        win += rs[i].win_replies;
+    }
+    out_bool("ok", win > 0 && errors == 0 && !err[0]);
+    for (int i = 0; i < n; i++) {
+        req_destroy(&rs[i]);
+        free(subjects[i]);
+    }
+    free(rs);
+    free(subjects);
+    free(g_req_worker);
+    free(rst);
+    close_many(cs, n);
+    close_many(resp, nr);
+}
+
+/*
+ * mq9send with many connections: M mailboxes (--mailboxes, default one per
+ * connection) are CREATEd first; connection i sends to mailbox i mod M with
+ * K in flight.  No responders: the broker answers every SEND itself.
+ */
+static void run_mq9send_multi(void)
+{
+    if (!use_raw())
+        die("--conns needs --engine raw");
+    int n = O.conns, m = O.mailboxes > 0 ? O.mailboxes : n;
+    char prefix[128];
+    if (O.mailbox)
+        snprintf(prefix, sizeof prefix, "%s", O.mailbox);
+    else
+        snprintf(prefix, sizeof prefix, "bench.send.%d", (int)getpid());
+    natsConnection *nc = nats_connect("lg-mq9send", O.asap != 0);
+    char err[300] = "";
+    for (int j = 0; j < m; j++) {
+        char addr[200];
+        snprintf(addr, sizeof addr, "%s.%d", prefix, j);
+        if (!mq9_create(nc, addr, err, sizeof err)) {
+            out_bool("ok", false);
+            out_bool("unsupported", true);
+            out_str("error", err);
+            natsConnection_Destroy(nc);
+            return;
+        }
+    }
+    rconn_t **cs = open_many(n);
+    char **subjects = calloc((size_t)n, sizeof(char *));
+    for (int i = 0; i < n; i++) {
+        char s[256];
+        snprintf(s, sizeof s, "$mq9.AI.MSG.SEND.%s.%d", prefix, i % m);
+        subjects[i] = strdup(s);
+    }
+    req_t *rs = calloc((size_t)n, sizeof *rs);
+    multi_req_setup(rs, cs, n, subjects, CHECK_MQ9);
+    mark_t ma = {0}, mb = {0};
+    char rerr[200] = "";
+    multi_req_run(rs, n, NULL, NULL, 0, &ma, &mb, rerr, sizeof rerr);
+    multi_req_report(rs, n, cs, &ma, &mb, rerr);
+    long errors = 0, replies = 0, win = 0;
+    for (int i = 0; i < n; i++) {
+        errors += rs[i].errors;
+        replies += rs[i].replies;
+        win += rs[i].win_replies;
+    }
+    out_str("engine", "raw");
+    out_str("mailbox", prefix);
+    out_int("mailboxes", m);
+    out_int("size", O.size);
+    out_bool("ok", win > 0 && errors < replies && !rerr[0]);
+    if (replies > 0 && errors == replies)
+        out_bool("unsupported", true);
+    for (int i = 0; i < n; i++) {
+        req_destroy(&rs[i]);
+        free(subjects[i]);
+    }
+    free(rs);
+    free(subjects);
+    free(g_req_worker);
+    close_many(cs, n);
+    natsConnection_Destroy(nc);
+}
+
+/* jspub with many connections: one file stream on bench.js.<NAME>.*, connection i
+   publishes to bench.js.<NAME>.<i mod M> with K in flight (PubAck per message) */
+static void run_jspub_multi(void)
+{
+    if (!use_raw())
+        die("--conns needs --engine raw");
+    int n = O.conns, m = O.mailboxes > 0 ? O.mailboxes : n;
+    char wild[160];
+    snprintf(wild, sizeof wild, "bench.js.%s.*", O.stream);
+    natsConnection *nc = nats_connect("lg-jspub", O.asap != 0);
+    jsCtx *js = js_setup_stream(nc, O.stream, wild);
+    rconn_t **cs = open_many(n);
+    char **subjects = calloc((size_t)n, sizeof(char *));
+    for (int i = 0; i < n; i++) {
+        char s[256];
+        snprintf(s, sizeof s, "bench.js.%s.%d", O.stream, i % m);
+        subjects[i] = strdup(s);
+    }
+    req_t *rs = calloc((size_t)n, sizeof *rs);
+    multi_req_setup(rs, cs, n, subjects, CHECK_JSACK);
+    mark_t ma = {0}, mb = {0};
+    char rerr[200] = "";
+    multi_req_run(rs, n, NULL, NULL, 0, &ma, &mb, rerr, sizeof rerr);
+    multi_req_report(rs, n, cs, &ma, &mb, rerr);
+    long errors = 0, win = 0;
+    for (int i = 0; i < n; i++) {
+        errors += rs[i].errors;
+        win += rs[i].win_replies;
+    }
+    out_str("engine", "raw");
+    out_str("stream", O.stream);
+    out_int("subjects", m);
+    out_int("size", O.size);
+    out_bool("ok", win > 0 && errors == 0 && !rerr[0]);
+    for (int i = 0; i < n; i++) {
+        req_destroy(&rs[i]);
+        free(subjects[i]);
+    }
+    free(rs);
+    free(subjects);
+    free(g_req_worker);
+    close_many(cs, n);
     jsErrCode jerr;
     js_DeleteStream(js, O.stream, NULL, &jerr);
     jsCtx_Destroy(js);

@@ -60,8 +60,17 @@ ALL_SCENARIOS = [
     "discover_text_10k",
     "discover_semantic_10k",
     "connections",
+    "scaling_pubsub",
+    "scaling_pubsub_split",
+    "scaling_pubsub_local",
+    "scaling_reqrep",
+    "scaling_reqrep_local",
+    "scaling_send_nondurable",
+    "scaling_send_durable",
 ]
-DEFAULT_OFF = {"connections"}
+SCALING = [s for s in ALL_SCENARIOS if s.startswith("scaling_")]
+DEFAULT_OFF = {"connections", *SCALING}
+GROUPS = {"scaling": SCALING}
 
 
 def log(msg: str) -> None:
@@ -178,6 +187,12 @@ class Broker:
     env: dict[str, str] | None = None
     proc: subprocess.Popen | None = None
     logfile: Path | None = None
+    workers: int = 1  # mq9fast --workers N: wait until every worker accepts (INFO worker_id)
+    label: str = ""   # distinguishes brokers of the same name (scaling: "workers1", "workers2")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
 
     @property
     def url(self) -> str:
@@ -191,8 +206,8 @@ class Broker:
         argv = list(self.argv)
         if self.cpus is not None:
             argv = ["taskset", "-c", self.cpus] + argv
-        self.logfile = self.workdir / f"{self.name.replace('(', '_').replace(')', '')}.log"
-        log(f"[broker] start {self.name}: {' '.join(shlex.quote(a) for a in argv)}")
+        self.logfile = self.workdir / f"{self.key.replace('(', '_').replace(')', '')}-{self.port}.log"
+        log(f"[broker] start {self.key}: {' '.join(shlex.quote(a) for a in argv)}")
         fh = open(self.logfile, "wb")
         env = dict(os.environ)
         if self.env:
@@ -217,6 +232,8 @@ class Broker:
                             break
                         data += chunk
                     if data.startswith(b"INFO "):
+                        if self.workers > 1:
+                            self._wait_workers(deadline)
                         self._settle()
                         return
                     last_err = f"unexpected greeting {data[:60]!r}"
@@ -226,24 +243,126 @@ class Broker:
         self.stop()
         raise RuntimeError(f"{self.name} did not answer INFO on port {self.port}: {last_err}")
 
-    def _settle(self, limit: float = 20.0) -> None:
-        """Wait until the broker's resident memory stops growing (mq9fast loads its embedding
-        model in the background after it starts answering), so that start-up work is not counted
-        in the connections scenario's per-connection memory nor competes with the first runs."""
-        def rss() -> int:
-            try:
-                with open(f"/proc/{self.proc.pid}/status") as fh:
-                    return int(fh.read().split("VmRSS:")[1].split()[0])
-            except (OSError, IndexError, ValueError):
-                return 0
+    def _wait_workers(self, deadline: float) -> None:
+        """--workers N: the supervisor's port answers as soon as the first worker listens; the
+        others start accepting only once they are linked to every peer.  Open connections (the
+        kernel's SO_REUSEPORT hashing spreads them) until the INFO lines have shown every
+        worker_id, keeping one connection per worker; then prove the links carry traffic: a
+        subscription on worker 0 must receive a publish made on every other worker."""
+        held: dict[int, socket.socket] = {}
+        want = set(range(self.workers))
+        attempts = 0
+
+        def read_until(s: socket.socket, token: bytes, limit: float) -> bool:
+            buf = b""
+            s.settimeout(0.5)
+            end = time.monotonic() + limit
+            while time.monotonic() < end:
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    return False
+                buf += chunk
+                if token in buf:
+                    return True
+                if b"PING\r\n" in buf:
+                    s.sendall(b"PONG\r\n")
+                    buf = buf.replace(b"PING\r\n", b"")
+            return False
+
+        try:
+            while time.monotonic() < deadline and not want <= set(held):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
+                attempts += 1
+                try:
+                    s = socket.create_connection(("127.0.0.1", self.port), timeout=1.0)
+                    s.settimeout(2.0)
+                    data = b""
+                    while b"\n" not in data and len(data) < 65536:
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    wid = None
+                    if data.startswith(b"INFO "):
+                        wid = json.loads(data[5:data.index(b"\n")]).get("worker_id")
+                    if isinstance(wid, int) and wid not in held:
+                        held[wid] = s
+                    else:
+                        s.close()
+                except (OSError, ValueError):
+                    time.sleep(0.05)
+                if attempts % 16 == 0:
+                    time.sleep(0.1)
+            if not want <= set(held):
+                raise RuntimeError(f"{self.key}: only workers {sorted(held)} of {self.workers} answered")
+            hello = b'CONNECT {"verbose":false,"pedantic":false,"protocol":1}\r\n'
+            sub = held[0]
+            sub.sendall(hello + b"SUB _bench.ready 1\r\nPING\r\n")
+            if not read_until(sub, b"PONG", 10.0):
+                raise RuntimeError(f"{self.key}: no PONG after SUB on worker 0")
+            for wid, s in held.items():
+                if wid == 0:
+                    continue
+                ok = False
+                s.sendall(hello)
+                while not ok and time.monotonic() < deadline:
+                    s.sendall(b"PUB _bench.ready 2\r\nhi\r\nPING\r\n")
+                    read_until(s, b"PONG", 5.0)
+                    ok = read_until(sub, b"MSG _bench.ready", 1.0)
+                if not ok:
+                    raise RuntimeError(f"{self.key}: worker {wid} -> worker 0 link carries nothing")
+            log(f"[broker] {self.key}: all {self.workers} workers accept and are linked "
+                f"(after {attempts} connections)")
+        finally:
+            for s in held.values():
+                s.close()
+
+    def tree_pids(self) -> list[int]:
+        """The broker process and its direct children (the workers of --workers N)."""
+        pids = [self.proc.pid]
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as fh:
+                        st = fh.read()
+                    if int(st.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                        pids.append(int(d))
+                except (OSError, IndexError, ValueError):
+                    pass
+        return pids
+
+    def _settle(self, limit: float = 30.0) -> None:
+        """Wait until the broker's resident memory stops growing and its CPU use drops (mq9fast
+        loads its embedding model in the background after it starts answering; with --workers N
+        every worker does), so that start-up work is not counted in the connections scenario's
+        per-connection memory nor competes with the first runs.  Counts the whole process tree."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def sample() -> tuple[int, float]:
+            rss, cpu = 0, 0.0
+            for pid in self.tree_pids():
+                try:
+                    with open(f"/proc/{pid}/status") as fh:
+                        rss += int(fh.read().split("VmRSS:")[1].split()[0])
+                    with open(f"/proc/{pid}/stat") as fh:
+                        f = fh.read().rsplit(")", 1)[1].split()
+                    cpu += (int(f[11]) + int(f[12])) / tick
+                except (OSError, IndexError, ValueError):
+                    pass
+            return rss, cpu
         deadline = time.monotonic() + limit
-        last = rss()
+        last_rss, last_cpu = sample()
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            now = rss()
-            if abs(now - last) <= max(256, last // 200):
+            rss, cpu = sample()
+            quiet = (cpu - last_cpu) / 0.5 < 0.2 * max(1, self.workers)
+            if abs(rss - last_rss) <= max(256, last_rss // 200) and quiet:
                 return
-            last = now
+            last_rss, last_cpu = rss, cpu
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -265,7 +384,7 @@ class Broker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
-        log(f"[broker] stopped {self.name} (rc={self.proc.returncode})")
+        log(f"[broker] stopped {self.key} (rc={self.proc.returncode})")
         self.proc = None
 
 
@@ -283,6 +402,7 @@ class Ctx:
     mq9_python: str
     runs: list[dict[str, Any]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    scaling: list[dict[str, Any]] = field(default_factory=list)
 
     # durations -----------------------------------------------------------
     @property
@@ -296,7 +416,10 @@ class Ctx:
         return 0.3 if self.quick else 1.0
 
     # brokers -------------------------------------------------------------
-    def mq9fast(self, tag: str, extra: list[str] | None = None) -> Broker:
+    def mq9fast(self, tag: str, extra: list[str] | None = None, workers: int = 0,
+                pin: bool = True) -> Broker:
+        """workers > 0: append --workers N (after --mq9fast-args, so it wins) and wait for every
+        worker at start; pin=False: no taskset (the scaling scenarios)."""
         port = free_port()
         data = self.workdir / f"mq9fast-{tag}"
         data.mkdir(parents=True, exist_ok=True)
@@ -304,27 +427,31 @@ class Ctx:
             self.mq9_python, "-m", "mq9fast", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--data-dir", str(data), "--http-port", "0", "--log-level", "warning",
         ] + (extra or []) + shlex.split(self.args.mq9fast_args or "")
-        return Broker("mq9fast", argv, port, self.broker_cpus, self.workdir, cwd=REPO)
+        if workers:
+            argv += ["--workers", str(workers)]
+        return Broker("mq9fast", argv, port, self.broker_cpus if pin else None, self.workdir, cwd=REPO,
+                      workers=max(1, workers), label=f"workers{workers}" if workers else "")
 
-    def nats(self, mode: str) -> Broker:
-        """mode: core | js | js_sync"""
+    def nats(self, mode: str, pin: bool = True) -> Broker:
+        """mode: core | js | js_sync; pin=False: no taskset and GOMAXPROCS = every CPU"""
         port = free_port()
-        env = {"GOMAXPROCS": str(self.broker_ncpu())}
+        cpus = self.broker_cpus if pin else None
+        env = {"GOMAXPROCS": str(self.broker_ncpu() if pin else (os.cpu_count() or 1))}
         if mode == "core":
             argv = [self.nats_server, "-a", "127.0.0.1", "-p", str(port)]
-            return Broker("nats-server", argv, port, self.broker_cpus, self.workdir, env=env)
+            return Broker("nats-server", argv, port, cpus, self.workdir, env=env)
         store = self.workdir / f"js-{mode}-{port}"
         store.mkdir(parents=True, exist_ok=True)
         if mode == "js":
             argv = [self.nats_server, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
-            return Broker("jetstream(default)", argv, port, self.broker_cpus, self.workdir, env=env)
+            return Broker("jetstream(default)", argv, port, cpus, self.workdir, env=env)
         conf = self.workdir / f"js-sync-{port}.conf"
         conf.write_text(
             f"listen: 127.0.0.1:{port}\n"
             f"jetstream {{\n  store_dir: {json.dumps(str(store))}\n  sync_interval: always\n}}\n"
         )
         argv = [self.nats_server, "-c", str(conf)]
-        return Broker("jetstream(sync_always)", argv, port, self.broker_cpus, self.workdir, env=env)
+        return Broker("jetstream(sync_always)", argv, port, cpus, self.workdir, env=env)
 
     def broker_ncpu(self) -> int:
         if self.broker_cpus is None:
@@ -376,18 +503,19 @@ class Ctx:
                 res["ok"] = False
         except subprocess.TimeoutExpired:
             res = {"ok": False, "error": f"load generator timed out after {timeout:.0f}s"}
-        res["_broker"] = broker.name
+        res["_broker"] = broker.key
         res["_label"] = label or scenario
         res["_argv"] = " ".join(argv)
         res["_wall_s"] = round(time.monotonic() - t0, 3)
         if not broker.alive():
             res["ok"] = False
             res["error"] = (res.get("error", "") + f" [broker {broker.name} died: {broker.tail(5)}]").strip()
-        res["_bound"] = bound_of(res)
+        res["_bound"] = bound_scaling(res) if label.startswith("scaling_") else bound_of(res)
         self.runs.append(res)
         brief = {k: res.get(k) for k in ("rate", "recv_rate", "p50_us", "p99_us", "gen_cpu",
-                                          "broker_cpu", "other_cpu", "errors", "error") if k in res}
-        log(f"[run] {res['_label']:<22} {broker.name:<24} {json.dumps(brief)}")
+                                          "broker_cpu", "child_cpu", "other_cpu", "cross_frac",
+                                          "errors", "error") if k in res}
+        log(f"[run] {res['_label']:<22} {broker.key:<24} {json.dumps(brief)}")
         return res
 
     def add(self, scenario: str, unit: str, mq: float | None, peer: float | None,
@@ -422,6 +550,32 @@ def bound_of(res: dict[str, Any]) -> str:
         tag = "wait"  # neither core saturated: round trips, fsync, timers, or a busy host
     if isinstance(o, (int, float)) and o >= NOISE_CPU:
         tag += f"+noise{o:.1f}"  # other processes used this much CPU during the window
+    return tag
+
+
+def bound_scaling(res: dict[str, Any]) -> str:
+    """The scaling runs leave the broker unpinned (its workers need both cores) and pin only the
+    generator, so "the broker used >= 0.85 core" means nothing there.  Instead:
+    `worker` - one mq9fast worker process (or the single process of --workers 1) used >= 0.85
+    of a core; `host` - broker + generator + other processes used >= 1.8 of the 2 cores (the
+    broker was starved, not idle); `GENERATOR` - the generator used >= 0.85 of its core;
+    `wait` - none of these (round trips, fsync)."""
+    g, b, o = res.get("gen_cpu"), res.get("broker_cpu"), res.get("other_cpu")
+    if not isinstance(g, (int, float)) or not isinstance(b, (int, float)):
+        return "?"
+    o = o if isinstance(o, (int, float)) else 0.0
+    children = [c for c in (res.get("child_cpu") or []) if isinstance(c, (int, float))]
+    ncpu = os.cpu_count() or 1
+    if g >= 0.85:
+        tag = "GENERATOR"
+    elif (children and max(children) >= 0.85) or (res.get("_broker") == "workers1" and b >= 0.85):
+        tag = "worker"
+    elif g + b + o >= 0.9 * ncpu:
+        tag = "host"
+    else:
+        tag = "wait"
+    if o >= NOISE_CPU:
+        tag += f"+noise{o:.1f}"
     return tag
 
 
@@ -649,6 +803,151 @@ def run_connections(ctx: Ctx, selected: list[str]) -> None:
             value(peer, "broker_kb_per_conn"), "nats-server", lower_better=True, mq_run=mq, peer_run=peer)
 
 
+# scenario -> (generator scenario, unit, figure key, durable)
+SCALING_SPEC: dict[str, tuple[str, str, str, bool]] = {
+    "scaling_pubsub": ("pubsub", "msgs/s", "recv_rate", False),
+    "scaling_pubsub_split": ("pubsub", "msgs/s", "recv_rate", False),
+    "scaling_pubsub_local": ("pubsub", "msgs/s", "recv_rate", False),
+    "scaling_reqrep": ("reqrep", "req/s", "rate", False),
+    "scaling_reqrep_local": ("reqrep", "req/s", "rate", False),
+    "scaling_send_nondurable": ("mq9send", "msgs/s", "rate", False),
+    "scaling_send_durable": ("mq9send", "msgs/s", "rate", True),
+}
+
+
+def scaling_opts(ctx: Ctx, s: str, rep: int, peer: bool) -> tuple[str, dict[str, Any]]:
+    """Generator scenario and options of one scaling run (identical for every broker, except that
+    the JetStream reference publishes to a stream where mq9fast SENDs to mailboxes)."""
+    a = ctx.args
+    o: dict[str, Any] = {"conns": a.scaling_conns, "size": 128, "seconds": ctx.secs(),
+                         "warmup": 0.5 if ctx.quick else 1.0}
+    gen = SCALING_SPEC[s][0]
+    if s == "scaling_pubsub":
+        o.update(subs=1, route="shared")
+    elif s.startswith("scaling_pubsub_"):
+        o.update(subs=a.scaling_subs, route=s.rsplit("_", 1)[1])
+    elif s.startswith("scaling_reqrep"):
+        o.update(responders=a.scaling_responders, inflight=a.scaling_inflight,
+                 route="local" if s.endswith("_local") else "shared")
+    else:
+        o.update(inflight=a.scaling_inflight, mailboxes=a.scaling_mailboxes or a.scaling_conns)
+        if peer:
+            gen = "jspub"
+            o["stream"] = f"SC{'D' if SCALING_SPEC[s][3] else 'N'}{rep}"
+        else:
+            o["mailbox"] = f"sc.{'d' if SCALING_SPEC[s][3] else 'n'}{rep}"
+    return gen, o
+
+
+def run_scaling(ctx: Ctx, selected: list[str]) -> None:
+    """--workers 1 vs --workers 2 with many connections (the [workers] issue).  The broker is not
+    pinned (two workers need both cores; the supervisor's children inherit no affinity), the
+    generator is pinned to one CPU.  All brokers of a group run at the same time and the
+    measurements alternate between them (w1, w2, ref, then ref, w2, w1, ...), so slow drifts of
+    the shared host's load hit every configuration alike; --repeat N keeps the best of N."""
+    todo = [s for s in selected if s in SCALING_SPEC]
+    if not todo:
+        return
+    nrep = max(1, ctx.args.repeat)
+    res: dict[tuple[str, str], dict] = {}
+    allruns: dict[tuple[str, str], list[dict]] = {}
+    groups = [(False, [s for s in todo if not SCALING_SPEC[s][3]]),
+              (True, [s for s in todo if SCALING_SPEC[s][3]])]
+    for durable, scen in groups:
+        if not scen:
+            continue
+        extra = [] if durable else ["--fsync", "never"]
+        tag = "d" if durable else "n"
+        brokers = [ctx.mq9fast(f"scale-{tag}-w1", extra, workers=1, pin=False),
+                   ctx.mq9fast(f"scale-{tag}-w2", extra, workers=2, pin=False)]
+        refs: dict[str, Broker] = {}
+        if any(not SCALING_SPEC[s][0].startswith("mq9") for s in scen):
+            refs["core"] = ctx.nats("core", pin=False)
+        if any(SCALING_SPEC[s][0] == "mq9send" for s in scen):
+            refs["js"] = ctx.nats("js_sync" if durable else "js", pin=False)
+        started: list[Broker] = []
+        errors: dict[str, str] = {}
+        try:
+            for b in brokers + list(refs.values()):
+                try:
+                    b.start(timeout=90.0)
+                    started.append(b)
+                except Exception as e:  # noqa: BLE001
+                    log(f"[broker] {b.key} failed to start: {e}")
+                    errors[b.key] = f"{b.key} failed to start: {str(e)[:200]}"
+            for s in scen:
+                ref = refs["js"] if SCALING_SPEC[s][0] == "mq9send" else refs["core"]
+                order = brokers + [ref]
+                for rep in range(nrep):
+                    for b in (order if rep % 2 == 0 else order[::-1]):
+                        if b.key in errors:
+                            allruns.setdefault((s, b.key), []).append({"ok": False, "error": errors[b.key]})
+                            continue
+                        gen, opts = scaling_opts(ctx, s, rep, b is ref)
+                        r = ctx._gen1(b, gen, opts, timeout=120.0, engine=True, label=s)
+                        allruns.setdefault((s, b.key), []).append(r)
+        finally:
+            for b in started:
+                b.stop()
+        for s in scen:
+            key = SCALING_SPEC[s][2]
+            ref = refs["js"] if SCALING_SPEC[s][0] == "mq9send" else refs["core"]
+            for bk in ("workers1", "workers2", ref.key):
+                runs = allruns.get((s, bk), [])
+                good = [r for r in runs if value(r, key) is not None]
+                pick = max(good, key=lambda r: value(r, key)) if good else (runs[-1] if runs else None)
+                for r in runs:
+                    r["_picked"] = r is pick
+                if pick is not None and len(runs) > 1:
+                    pick["_best_of"] = len(runs)
+                    pick["_all"] = [value(r, key) for r in runs]
+                res[(s, bk)] = pick or {"ok": False, "error": "not run"}
+            res[(s, "_ref")] = {"name": ref.key}
+    for s in todo:
+        unit, key = SCALING_SPEC[s][1], SCALING_SPEC[s][2]
+        w1, w2 = res.get((s, "workers1")), res.get((s, "workers2"))
+        refname = res.get((s, "_ref"), {}).get("name", "nats-server")
+        ref = res.get((s, refname))
+        ctx.add(s, unit, value(w2, key), value(w1, key), "workers1", mq_run=w2, peer_run=w1)
+        ctx.add(s, unit, value(w2, key), value(ref, key), refname, mq_run=w2, peer_run=ref)
+        for bk, run in (("workers1", w1), ("workers2", w2), (refname, ref)):
+            ratios = []
+            if bk == "workers2":  # per-round scaling factors (run i of workers2 / run i of workers1)
+                a = [value(r, key) for r in allruns.get((s, "workers1"), [])]
+                b = [value(r, key) for r in allruns.get((s, "workers2"), [])]
+                ratios = [y / x for x, y in zip(a, b) if x and y]
+            ctx.scaling.append({"scenario": s, "config": bk, "key": key, "run": run or {},
+                                "all": [value(r, key) for r in allruns.get((s, bk), [])],
+                                "round_ratios": ratios})
+
+
+def scaling_table(items: list[dict[str, Any]]) -> str:
+    out = ["| scenario | config | best | all runs | w2/w1 per round | per broker core-s | gen CPU "
+           "| broker CPU (per worker) | other CPU | conns per worker | subs/responders per worker "
+           "| cross-worker | p50/p99 µs | bound |",
+           "|---|---|---:|---|---|---:|---:|---|---:|---|---|---:|---|---|"]
+    for it in items:
+        r = it["run"]
+
+        def f(k: str) -> str:
+            v = r.get(k)
+            return f"{v:.2f}" if isinstance(v, (int, float)) else ""
+        ch = r.get("child_cpu")
+        bcpu = f("broker_cpu") + (f" ({'+'.join(f'{c:.2f}' for c in ch if c is not None)})" if ch else "")
+        conns = r.get("pub_workers") or r.get("conn_workers") or ""
+        side = r.get("sub_workers") or r.get("responder_workers") or ""
+        cross = r.get("cross_frac")
+        rate, bc = value(r, it["key"]), r.get("broker_cpu")
+        # work per CPU: the figure divided by the broker's CPU in the window (robust to a busy host)
+        eff = fmt(rate / bc) if rate and isinstance(bc, (int, float)) and bc > 0.05 else ""
+        out.append(
+            f"| {it['scenario']} | {it['config']} | {fmt(rate)} | "
+            f"{', '.join(fmt(v) for v in it['all'])} | {', '.join(f'{x:.2f}' for x in it['round_ratios'])} | "
+            f"{eff} | {f('gen_cpu')} | {bcpu} | {f('other_cpu')} | {conns} | {side} | "
+            f"{'' if cross is None else f'{cross * 100:.0f} %'} | {_lat(r)} | {r.get('_bound', '')} |")
+    return "\n".join(out)
+
+
 def self_check(ctx: Ctx) -> None:
     """Generator headroom: the core scenarios against nats-server with both engines, showing how
     much of its own core the generator needs while the broker runs flat out."""
@@ -740,8 +1039,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs (about a minute and a half in total)")
     ap.add_argument("--json", metavar="PATH", help="write the rows as a JSON list to PATH")
-    ap.add_argument("--scenarios", help="comma-separated subset (default: all but connections): "
-                    + ",".join(ALL_SCENARIOS))
+    ap.add_argument("--scenarios", help="comma-separated subset (default: all but connections and "
+                    "scaling_*; 'scaling' = every scaling_* scenario): " + ",".join(ALL_SCENARIOS))
     ap.add_argument("--machine-note", default="", help="free text stored with the results")
     ap.add_argument("--seconds", type=float, default=0.0, help="measurement window per timed run")
     ap.add_argument("--engine", choices=["raw", "libnats"], default="raw",
@@ -758,12 +1057,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mq9fast-args", default="", help="extra flags for every mq9fast serve")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/*.json")
     ap.add_argument("--rebuild", action="store_true", help="recompile the load generator")
+    ap.add_argument("--scaling-conns", type=int, default=64,
+                    help="scaling_*: publisher / requester / sender connections (default 64)")
+    ap.add_argument("--scaling-inflight", type=int, default=8,
+                    help="scaling_reqrep*/send*: requests in flight per connection (default 8)")
+    ap.add_argument("--scaling-subs", type=int, default=8,
+                    help="scaling_pubsub_split/local: subscriber connections (default 8)")
+    ap.add_argument("--scaling-responders", type=int, default=8,
+                    help="scaling_reqrep*: responder connections in one queue group (default 8)")
+    ap.add_argument("--scaling-mailboxes", type=int, default=0,
+                    help="scaling_send_*: mailboxes (default: one per connection)")
     ap.add_argument("--self-check", action="store_true",
                     help="only measure the generator's headroom against nats-server (both engines)")
     args = ap.parse_args(argv)
 
     if args.scenarios:
-        selected = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+        selected = []
+        for s in (s.strip() for s in args.scenarios.split(",")):
+            for name in GROUPS.get(s, [s] if s else []):
+                if name not in selected:
+                    selected.append(name)
         unknown = [s for s in selected if s not in ALL_SCENARIOS]
         if unknown:
             ap.error(f"unknown scenarios: {', '.join(unknown)}; known: {', '.join(ALL_SCENARIOS)}")
@@ -774,7 +1087,8 @@ def main(argv: list[str] | None = None) -> int:
     nats_server = find_nats_server(args.nats_server)
     broker_cpus, gen_cpus = pick_cpus(args.no_pin)
     if broker_cpus is not None:
-        log(f"[pin] brokers on CPU {broker_cpus}, load generator on CPU {gen_cpus}")
+        log(f"[pin] brokers on CPU {broker_cpus}, load generator on CPU {gen_cpus}"
+            + ("; scaling_*: brokers unpinned" if any(s in SCALING for s in selected) else ""))
     else:
         log("[pin] not pinning (fewer than 2 CPUs, --no-pin, or no taskset): CPU split is shared")
     started = time.monotonic()
@@ -783,6 +1097,8 @@ def main(argv: list[str] | None = None) -> int:
                   workdir=Path(tmp), nats_server=nats_server, mq9_python=args.python)
         machine = machine_info(nats_server, args.python)
         machine["pinning"] = {"broker_cpus": broker_cpus, "generator_cpus": gen_cpus}
+        if any(s in SCALING for s in selected):
+            machine["pinning"]["scaling_broker_cpus"] = None  # scaling_*: brokers not pinned
         machine["engine"] = args.engine
         machine["quick"] = args.quick
         if args.machine_note:
@@ -794,6 +1110,7 @@ def main(argv: list[str] | None = None) -> int:
         run_durable(ctx, selected)
         run_registry(ctx, selected)
         run_connections(ctx, selected)
+        run_scaling(ctx, selected)
 
     rows = ctx.rows
     elapsed = time.monotonic() - started
@@ -806,6 +1123,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print()
     print(details(rows))
+    if ctx.scaling:
+        print()
+        print("Scaling runs (broker unpinned, generator on CPU "
+              f"{gen_cpus if gen_cpus is not None else '-'}; CPU in cores; best = best of the runs):")
+        print()
+        print(scaling_table(ctx.scaling))
     picked = [r for r in ctx.runs if r.get("_picked", True)]
     gen_bound = [f"{r['_label']} on {r['_broker']}" for r in picked if r.get("_bound") == "GENERATOR"]
     if gen_bound:
@@ -825,7 +1148,9 @@ def main(argv: list[str] | None = None) -> int:
             ("quick-" if args.quick else "") + "subset")
         path = RESULTS / f"{stamp}-{kind}.json"
         path.write_text(json.dumps({"machine": machine, "elapsed_s": round(elapsed, 1), "rows": public,
-                                    "row_details": rows, "runs": ctx.runs}, indent=2) + "\n")
+                                    "row_details": rows, "runs": ctx.runs,
+                                    "scaling": [{k: v for k, v in it.items() if k != "run"}
+                                                for it in ctx.scaling]}, indent=2) + "\n")
         log(f"[out] wrote {path.relative_to(REPO)}")
     return 0
 
