@@ -42,18 +42,33 @@ Durability policy (``--fsync``)
   after the pages it points to are on disk, and LMDB never overwrites pages of the last two
   committed snapshots).  Two device flushes per commit is the price; it is paid once per *batch*.
 
-  Measured alternatives that were *not* adopted (shared 2-core VM, ext4 on virtio, py-lmdb 1.x /
-  LMDB 0.9.x): ``metasync=False`` makes a commit one flush cheaper (p50 ≈ 260 µs instead of ≈ 400
-  µs) but then the meta page reaches the disk only with the *next* flush, so a power cut may undo
-  the last answered transaction - an acknowledged SEND could vanish.  Deferring the replies of
-  batch k until the flush of batch k+1 (or an explicit ``env.sync``) would restore the guarantee,
-  but with a closed-loop client (nothing arrives until it has its replies) it costs the same two
-  flushes per round trip and adds a batch of latency, so it buys nothing here.  ``writemap=True``
-  still needs msync of the data then of the meta page (same two flushes, ≈ 370 µs) and exposes the
-  map to stray writes.
+  Measured alternatives that were *not* adopted (shared 2-core VM, ext4 on virtio, py-lmdb 3.0 /
+  LMDB 0.9.36; strace: fdatasync p50 ≈ 170-340 µs, the O_DSYNC meta write ≈ 110-190 µs):
+
+  - ``metasync=False`` makes a commit one flush cheaper (p50 ≈ 260 µs instead of ≈ 400 µs) but the
+    meta page then reaches the disk only with the *next* flush, so a power cut may undo the last
+    answered transaction - an acknowledged SEND could vanish.  Deferring the replies of batch k
+    until the flush of batch k+1 (or an explicit ``env.sync``) restores the guarantee, but with a
+    closed-loop client (nothing new arrives until it has its replies) that is the same two
+    flushes per round trip plus a batch of latency, so it buys nothing here.
+  - ``writemap=True`` still needs msync of the data, then of the meta page (same two flushes,
+    ≈ 370 µs) and exposes the map to stray writes.
+  - Zero-filling the file ahead of LMDB (so that commits never change its size and fdatasync needs
+    no journal commit) took ≈ 60 µs off fdatasync for commits that grow the file (32-256 SENDs),
+    nothing for ACK-sized commits; it must run under the LMDB writer lock (never past pages a
+    concurrent writer may be writing) and costs a write+flush spike per chunk - left out.
+  - Splitting a large pending batch in two so that one half's flushes overlap the loop's work on
+    the other half (classic two-stage group-commit pipelining): with the broker pinned to one core
+    the writer waits for the GIL after its fsync until the busy loop thread lets go (measured p50
+    8.7 ms with the default 5 ms switch interval), so it measured slower (fake 0.7 ms flush: 83k vs
+    118k SEND/s) except with very fast flushes.  Everything pending goes into the next batch.
 * ``interval`` - commits are not synced; a timer syncs every ``fsync_interval_ms``.  A crash of the
   process loses nothing (the pages are in the OS cache); a power cut may lose the last interval.
 * ``never``    - never synced by us (the OS writes back eventually).
+
+  (Unsynced LMDB commits give the OS no order between data and meta pages, so after a power cut
+  ``interval``/``never`` may leave a meta page pointing at unwritten pages; only ``always`` is
+  power-cut safe.)
 
 Invariants:
 * exactly one thread writes (the writer thread) in this process; LMDB serialises writers across
@@ -189,15 +204,17 @@ class Store:
 
     def submit(self, bulk: Any, item: Any) -> None:
         """Queue ``item`` for ``bulk.apply``; ``bulk.done`` gets its result after the commit."""
+        seg = self._seg
+        if seg is not None and seg.bulk is bulk:
+            # a trailing segment means requests are pending, so a kick is scheduled or the writer
+            # is busy (and _done kicks); close() clears _seg
+            seg.items.append(item)
+            return
         if self._closed or self._loop is None:
             bulk.done([item], RuntimeError("store is closed"))
             return
-        seg = self._seg
-        if seg is not None and seg.bulk is bulk:
-            seg.items.append(item)
-        else:
-            self._seg = Segment(bulk, [item])
-            self._pending.append(self._seg)
+        self._seg = Segment(bulk, [item])
+        self._pending.append(self._seg)
         if not self._busy and not self._kick_scheduled:
             self._kick_scheduled = True
             self._loop.call_soon(self._kick)
@@ -344,6 +361,7 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        self._seg = None
         if self._sync_task is not None:
             self._sync_task.cancel()
         if self._thread is not None:

@@ -8,7 +8,7 @@ if os.environ.get("MQ9FAST_PURE_PYTHON"):
     from . import scan_py as scan
 else:
     try:
-        from . import _scan as scan  # type: ignore[no-redef]
+        from . import _scan as scan  # type: ignore[attr-defined,no-redef]
     except ImportError:  # not built (e.g. running from a plain source checkout)
         from . import scan_py as scan  # type: ignore[no-redef]
 

@@ -43,9 +43,9 @@ def collect(cur, mbid: int, pos, limit: int, raw: bool, now_ms: int, budget: int
     parts: list[bytes] = []
     wake = 0
     group = gp is not None
-    picked: list | None = [] if group else None
+    picked: list = []
     if limit <= 0:
-        return None, 0, wake, picked
+        return None, 0, wake, picked if group else None
     unpack_k = BE_U64.unpack_from
     done = False
     for lane in LANES:
@@ -83,9 +83,10 @@ def collect(cur, mbid: int, pos, limit: int, raw: bool, now_ms: int, budget: int
                 break
         if done:
             break
+    out = picked if group else None
     if not parts:
-        return None, 0, wake, picked
-    return messages_reply(parts), len(parts), wake, picked
+        return None, 0, wake, out
+    return messages_reply(parts), len(parts), wake, out
 
 
 def lease_batch(put, gp: bytes, picked, lease_until: int, batch_id: int) -> bytes:

@@ -416,6 +416,7 @@ class MailboxService:
         """
         if type(payload) is not bytes:
             payload = bytes(payload)
+        item: tuple
         if headers:
             opts = SendOptions(headers)
             if opts.delay:
@@ -441,7 +442,7 @@ class MailboxService:
         now = _now_ms()
         sec = now // 1000
         boxes: dict = {}
-        out = []
+        out: list = []
         append = out.append
         mput = txn.cursor(db=self.d_msgs).put
         pack_key = MSG_KEY.pack
@@ -686,8 +687,11 @@ class MailboxService:
         fn, release = self._ack_prepare(addr, payload)
         fut = self.store.write(fn)
         if release is not None:
-            fut.add_done_callback(
-                lambda f: f.cancelled() or f.exception() is not None or self._release(release))
+            def after(f: asyncio.Future) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    self._release(release)
+
+            fut.add_done_callback(after)
         return fut
 
     def ack_nowait(self, addr: str, payload, done) -> None:
