@@ -26,7 +26,8 @@ async def test_kill_9_loses_no_acknowledged_state(broker_factory):
                                  for i in range(n)))
     assert sorted(got) == list(range(n))
     sent = {mid: b"payload-%d" % i for i, mid in enumerate(got)}
-    assert await send(nc, box, b"delayed", delay=3) == -1  # due after the restart
+    # due well after the restart (a slow restart must not let it take id n before the checks)
+    assert await send(nc, box, b"delayed", delay=10) == -1
     # group state: consume and ACK the first 30 (in FETCH order), lease 10 more without ACK
     batch = await fetch(nc, box, group_name="g", deliver="earliest", config={"num_msgs": 30})
     await ack(nc, box, "g", batch[-1]["msg_id"])
@@ -62,7 +63,7 @@ async def test_kill_9_loses_no_acknowledged_state(broker_factory):
         assert ids(await fetch(nc, box, group_name="late", deliver="earliest", config={"num_msgs": 1000})) \
             == [n - 1, n]
         # the delayed message survived the crash and is delivered when due
-        later = await fetch(nc, box, deliver="from_id", from_id=n + 1, config={"max_wait_ms": 5000})
+        later = await fetch(nc, box, deliver="from_id", from_id=n + 1, config={"max_wait_ms": 15000})
         assert [(m["msg_id"], data(m)) for m in later] == [(n + 1, b"delayed")]
     finally:
         await nc.close()
