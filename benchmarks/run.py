@@ -1059,8 +1059,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild", action="store_true", help="recompile the load generator")
     ap.add_argument("--scaling-conns", type=int, default=64,
                     help="scaling_*: publisher / requester / sender connections (default 64)")
-    ap.add_argument("--scaling-inflight", type=int, default=8,
-                    help="scaling_reqrep*/send*: requests in flight per connection (default 8)")
+    ap.add_argument("--scaling-inflight", type=int, default=32,
+                    help="scaling_reqrep*/send*: requests in flight per connection (default 32)")
     ap.add_argument("--scaling-subs", type=int, default=8,
                     help="scaling_pubsub_split/local: subscriber connections (default 8)")
     ap.add_argument("--scaling-responders", type=int, default=8,
