@@ -1882,8 +1882,8 @@ static void run_jspub(void)
 /* SO_REUSEPORT hashing spreads them over the workers exactly as it      */
 /* would spread real clients; the INFO line of each connection tells     */
 /* which worker took it ("worker_id"; nats-server has none = 0).  One     */
-/* thread drives every socket with poll(); each connection keeps its     */
-/* own buffers, flow control and in-flight slots.                        */
+/* thread drives every socket through one epoll set; each connection   */
+/* keeps its own buffers, flow control and in-flight slots.              */
 /* ------------------------------------------------------------------ */
 
 #define MAXW 64
@@ -2247,7 +2247,7 @@ static void run_pubsub_multi(void)
 /*
  * N requester connections, each with its own req_t (K in flight, own inbox
  * wildcard, own reply slots), plus optional responder connections, all on one
- * poll loop.  The window is global: every req_t gets the same start and
+ * epoll loop.  The window is global: every req_t gets the same start and
  * deadline; CPU marks are taken once at the window boundaries.
  */
 typedef struct {
