@@ -21,6 +21,8 @@ from ._router cimport Match, Router
 
 DEF OP_PUB = 1
 DEF OP_HPUB = 2
+DEF OP_MSG = 12
+DEF OP_HMSG = 13
 
 NO_RESPONDERS = b"NATS/1.0 503\r\n\r\n"
 cdef bytes _NO_RESPONDERS = NO_RESPONDERS
@@ -222,6 +224,28 @@ cpdef Py_ssize_t deliver_to_subject(Router router, bytes subject, bytes data, Py
     return n
 
 
+cdef Sub _pick_member(Router router, list group, Conn conn, bint echo):
+    """The member of a queue group that gets a client's publish, or None.
+
+    Round-robin from a rotating start; a member on this worker is preferred over a route to another
+    worker (as nats-server prefers local queue subscribers over routes), and the publisher itself is
+    skipped unless it asked for echo. Allocation-free: one scan of the group at most.
+    """
+    cdef Py_ssize_t n = len(group), start, i
+    cdef Sub sub, remote = None
+    router._rr += 1
+    start = router._rr % n
+    for i in range(n):
+        sub = <Sub>group[(start + i) % n]
+        if sub.conn is conn and not echo:
+            continue
+        if not sub.conn.route:
+            return sub
+        if remote is None:
+            remote = sub
+    return remote
+
+
 cpdef Py_ssize_t publish(Router router, Conn conn, bytes subject, reply, Py_ssize_t hdr_len,
                          bytes data) except -1:
     """Route one client publish; returns the number of deliveries (503 reply when none)."""
@@ -249,12 +273,9 @@ cpdef Py_ssize_t publish(Router router, Conn conn, bytes subject, reply, Py_ssiz
             _deliver(router, sub, subject, reply, hdr_len, data)
             n += 1
     for group in m.qgroups:
-        sub = <Sub>router.pick(group)
-        if sub.conn is conn and not echo:
-            others = [s for s in group if (<Sub>s).conn is not conn]
-            if not others:
-                continue
-            sub = <Sub>others[0]
+        sub = _pick_member(router, group, conn, echo)
+        if sub is None:
+            continue
         _deliver(router, sub, subject, reply, hdr_len, data)
         n += 1
     if n == 0 and conn.no_responders and reply is not None and PyBytes_GET_SIZE(<bytes>reply) > 0:
@@ -311,5 +332,32 @@ cpdef Py_ssize_t route_frames(list frames, Py_ssize_t start, Conn conn, Router r
         if conn.verbose:  # as nats-server: +OK before the deliveries
             conn.write(_OK)
         publish(router, conn, subject, f[2], hdr_len, data)
+        i += 1
+    return i
+
+
+cpdef Py_ssize_t link_frames(list frames, Py_ssize_t start, dict local_by_sid, Router router,
+                             bytes event_sid) except -1:
+    """Deliver the MSG/HMSG frames that arrived over a worker link, from ``start`` on, to local
+    subscribers; return the index of the first frame the link layer must handle itself (any other
+    op, or an event on ``event_sid``). ``local_by_sid`` maps the sid we gave our interest to
+    ``(subject, queue)``; a sid no longer there is interest withdrawn meanwhile (at-most-once)."""
+    cdef Py_ssize_t i = start, n = len(frames)
+    cdef tuple f
+    cdef long op
+    cdef object interest
+    while i < n:
+        f = <tuple>frames[i]
+        op = f[0]
+        if op != OP_MSG and op != OP_HMSG:
+            break
+        if f[2] == event_sid:
+            break
+        interest = local_by_sid.get(f[2])
+        if interest is not None:
+            if op == OP_MSG:
+                deliver_local(router, <bytes>f[1], f[3], 0, <bytes>f[4], (<tuple>interest)[1])
+            else:
+                deliver_local(router, <bytes>f[1], f[3], f[4], <bytes>f[5], (<tuple>interest)[1])
         i += 1
     return i

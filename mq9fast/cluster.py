@@ -86,23 +86,33 @@ class Link(asyncio.Protocol):
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        from .server import _parser
+        from .server import _parser, link_frames
 
-        server = self.cluster.server
-        for f in self.parser.feed(data):
+        cluster = self.cluster
+        server = cluster.server
+        router = server.router
+        frames = self.parser.feed(data)
+        i, n = 0, len(frames)
+        while i < n:
+            # messages for our interest: a compiled loop, no Python per message
+            i = link_frames(frames, i, cluster.local_by_sid, router, EVENT_SID)
+            if i == n:
+                break
+            f = frames[i]
+            i += 1
             op = f[0]
             if DEBUG:
-                log.debug("worker %d <- %s: %r", self.cluster.worker_id, self.peer, f[:4])
-            if op == _parser.OP_MSG:
-                self._msg(f[1], f[2], f[3], 0, f[4])
+                log.debug("worker %d <- %s: %r", cluster.worker_id, self.peer, f[:4])
+            if op == _parser.OP_MSG:  # an event (link_frames stops at those)
+                cluster.dispatch_event(f[1][len(EVENT_PREFIX):].decode(), f[4])
             elif op == _parser.OP_HMSG:
-                self._msg(f[1], f[2], f[3], f[4], f[5])
+                cluster.dispatch_event(f[1][len(EVENT_PREFIX):].decode(), f[5])
             elif op == _parser.OP_SUB:
                 self._remote_sub(f[1], f[2], f[3])
             elif op == _parser.OP_UNSUB:
                 sub = self.remote.pop(f[1], None)
                 if sub is not None:
-                    server.router.remove(sub)
+                    router.remove(sub)
             elif op == _parser.OP_CONNECT:
                 try:
                     self.peer = int(json.loads(f[1])["worker"])
@@ -110,7 +120,7 @@ class Link(asyncio.Protocol):
                     log.error("bad link handshake %r", f[1])
                     self.transport.close()
                     return
-                self.cluster.check_linked()
+                cluster.check_linked()
             elif op == _parser.OP_PING:
                 self.core.write(b"PONG\r\n")
             elif op == _parser.OP_PONG:
@@ -132,18 +142,6 @@ class Link(asyncio.Protocol):
         sub = Sub(self.core, sid, subject, queue)
         self.remote[sid] = sub
         router.insert(sub)
-
-    def _msg(self, subject: bytes, sid: bytes, reply: bytes | None, hdr_len: int, data: bytes) -> None:
-        cluster = self.cluster
-        if sid == EVENT_SID:
-            cluster.dispatch_event(subject[len(EVENT_PREFIX):].decode(), data)
-            return
-        interest = cluster.local_by_sid.get(sid)
-        if interest is None:
-            return  # interest withdrawn meanwhile: core NATS is at-most-once
-        from .server import deliver_local
-
-        deliver_local(cluster.server.router, subject, reply, hdr_len, data, interest[1])
 
     # -- output (called by Server._flush) -------------------------------------------------------
     def flush(self) -> None:

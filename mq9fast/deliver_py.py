@@ -19,6 +19,8 @@ from __future__ import annotations
 
 OP_PUB = 1
 OP_HPUB = 2
+OP_MSG = 12
+OP_HMSG = 13
 NO_RESPONDERS = b"NATS/1.0 503\r\n\r\n"
 OK = b"+OK\r\n"
 _seq = 0             # publish sequence, for route de-duplication
@@ -147,6 +149,25 @@ def deliver_to_subject(router, subject: bytes, data: bytes, hdr_len: int = 0, on
     return n
 
 
+def _pick_member(router, group: list, conn: Conn, echo: bool) -> Sub | None:
+    """The member of a queue group that gets a client's publish, or None: round-robin from a
+    rotating start, a member on this worker preferred over a route, the publisher skipped unless
+    echo (twin of the compiled ``_pick_member``)."""
+    n = len(group)
+    router._rr += 1
+    start = router._rr % n
+    remote = None
+    for i in range(n):
+        sub = group[(start + i) % n]
+        if sub.conn is conn and not echo:
+            continue
+        if not sub.conn.route:
+            return sub
+        if remote is None:
+            remote = sub
+    return remote
+
+
 def publish(router, conn: Conn, subject: bytes, reply: bytes | None, hdr_len: int, data: bytes) -> int:
     """Route one client publish; returns the number of deliveries (503 reply when none)."""
     global _seq
@@ -165,12 +186,9 @@ def publish(router, conn: Conn, subject: bytes, reply: bytes | None, hdr_len: in
         deliver(router, sub, subject, reply, hdr_len, data)
         n += 1
     for group in m.qgroups:
-        sub = router.pick(group)
-        if sub.conn is conn and not echo:
-            others = [s for s in group if s.conn is not conn]
-            if not others:
-                continue
-            sub = others[0]
+        sub = _pick_member(router, group, conn, echo)
+        if sub is None:
+            continue
         deliver(router, sub, subject, reply, hdr_len, data)
         n += 1
     if n == 0 and reply and conn.no_responders:
@@ -221,5 +239,25 @@ def route_frames(frames: list, start: int, conn: Conn, router) -> int:
         if conn.verbose:  # as nats-server: +OK before the deliveries
             conn.write(OK)
         publish(router, conn, subject, f[2], hdr_len, data)
+        i += 1
+    return i
+
+
+def link_frames(frames: list, start: int, local_by_sid: dict, router, event_sid: bytes) -> int:
+    """Deliver the MSG/HMSG frames that arrived over a worker link, from ``start`` on, to local
+    subscribers; return the index of the first frame the link layer handles itself (twin of the
+    compiled ``link_frames``)."""
+    i, n = start, len(frames)
+    while i < n:
+        f = frames[i]
+        op = f[0]
+        if (op != OP_MSG and op != OP_HMSG) or f[2] == event_sid:
+            break
+        interest = local_by_sid.get(f[2])
+        if interest is not None:
+            if op == OP_MSG:
+                deliver_local(router, f[1], f[3], 0, f[4], interest[1])
+            else:
+                deliver_local(router, f[1], f[3], f[4], f[5], interest[1])
         i += 1
     return i

@@ -43,6 +43,7 @@ Conn, Sub = _deliver.Conn, _deliver.Sub
 route_frames = _deliver.route_frames
 deliver_to_subject = _deliver.deliver_to_subject
 deliver_local = _deliver.deliver_local
+link_frames = _deliver.link_frames
 remove_sub = _deliver.remove_sub
 OP_PUB, OP_HPUB, OP_SUB, OP_UNSUB = _parser.OP_PUB, _parser.OP_HPUB, _parser.OP_SUB, _parser.OP_UNSUB
 OP_PING, OP_PONG, OP_CONNECT, OP_PROTO_ERROR = (_parser.OP_PING, _parser.OP_PONG, _parser.OP_CONNECT,

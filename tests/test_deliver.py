@@ -67,3 +67,67 @@ def test_delivery_bytes(mods):
 def test_twins_agree():
     assert _deliver is not None
     assert scenario((deliver_py, router_py)) == scenario((_deliver, _router))
+
+
+def _queue_setup(mods):
+    d, r = mods
+    router = r.Router()
+    dirty: list = []
+    pub = d.Conn("pub", dirty)
+    local = d.Conn("local", dirty)
+    route = d.Conn("route", dirty)
+    route.route = True
+    route.headers = True
+    for conn, sid in ((local, b"l"), (route, b"r")):
+        sub = d.Sub(conn, sid, b"jobs", b"q")
+        conn.subs[sid] = sub
+        router.insert(sub)
+    return d, router, pub, local, route
+
+
+@pytest.mark.parametrize("mods", PAIRS)
+def test_queue_group_prefers_member_on_this_worker(mods):
+    d, router, pub, local, route = _queue_setup(mods)
+    for i in range(10):
+        assert d.publish(router, pub, b"jobs", None, 0, b"%d" % i) == 1
+    assert bytes(local.out).count(b"MSG jobs l ") == 10
+    assert bytes(route.out) == b""
+    # the local member leaves: the route gets the group's messages again
+    d.remove_sub(router, local.subs.pop(b"l"))
+    assert d.publish(router, pub, b"jobs", None, 0, b"x") == 1
+    assert bytes(route.out) == b"MSG jobs r 1\r\nx\r\n"
+
+
+@pytest.mark.parametrize("mods", PAIRS)
+def test_queue_group_skips_publisher_without_echo(mods):
+    d, router, pub, local, route = _queue_setup(mods)
+    local.echo = False
+    for i in range(4):  # the only local member is the publisher itself: the route gets it
+        assert d.publish(router, local, b"jobs", None, 0, b"%d" % i) == 1
+    assert bytes(route.out).count(b"MSG jobs r ") == 4
+    assert bytes(local.out) == b""
+
+
+@pytest.mark.parametrize("mods", PAIRS)
+def test_link_frames_deliver_to_local_interest(mods):
+    d, r = mods
+    router = r.Router()
+    dirty: list = []
+    a = d.Conn("a", dirty)
+    a.headers = True
+    sub = d.Sub(a, b"7", b"ev.*", None)
+    a.subs[b"7"] = sub
+    router.insert(sub)
+    hdr = b"NATS/1.0\r\n\r\n"
+    frames = [(12, b"ev.1", b"s1", None, b"one"),
+              (13, b"ev.2", b"s1", b"inbox", len(hdr), hdr + b"two"),
+              (12, b"ev.3", b"gone", None, b"dropped"),   # interest withdrawn: at-most-once
+              (12, b"$E.x", b"E", None, b"event"),         # an event: the link layer's
+              (12, b"ev.4", b"s1", None, b"four"),
+              (5,)]
+    local_by_sid = {b"s1": (b"ev.*", None)}
+    i = d.link_frames(frames, 0, local_by_sid, router, b"E")
+    assert i == 3
+    assert d.link_frames(frames, i + 1, local_by_sid, router, b"E") == 5
+    assert bytes(a.out) == (b"MSG ev.1 7 3\r\none\r\nHMSG ev.2 7 inbox 12 15\r\nNATS/1.0\r\n\r\ntwo\r\n"
+                            b"MSG ev.4 7 4\r\nfour\r\n")
