@@ -14,7 +14,7 @@
  *   loadgen jsfetch     --url U --count N --batch 100
  *   loadgen register    --url U --count N [--start I] [--inflight K]
  *   loadgen discover    --url U --mode text|semantic --count N [--inflight 1]
- *   loadgen connections --url U --count N --src-prefix 127.0.0. [--seconds S]
+ *   loadgen connections --url U --count N --src-prefix 127.0.0. [--seconds S] [--procs P]
  *   loadgen card I | query I text|semantic    (print a generated card / query)
  *
  * Many connections (raw engine; see "many connections" below and README):
@@ -71,6 +71,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -212,6 +213,7 @@ typedef struct {
     int responders;     /* reqrep: responder connections (one queue group) */
     const char *route;  /* shared | split | local (see run_pubsub_multi / run_reqrep_multi) */
     int mailboxes;      /* mq9send/jspub with --conns: distinct mailboxes (0 = one per connection) */
+    int procs;          /* connections: processes holding the idle connections (RLIMIT_NOFILE each) */
 } opts_t;
 
 static opts_t O = {
@@ -241,6 +243,7 @@ static opts_t O = {
     .responders = 1,
     .route = "shared",
     .mailboxes = 0,
+    .procs = 1,
 };
 
 static void parse_opts(int argc, char **argv)
@@ -277,6 +280,7 @@ static void parse_opts(int argc, char **argv)
         else if (!strcmp(k, "responders")) O.responders = atoi(v);
         else if (!strcmp(k, "route")) O.route = v;
         else if (!strcmp(k, "mailboxes")) O.mailboxes = atoi(v);
+        else if (!strcmp(k, "procs")) O.procs = atoi(v);
         else die("unknown option --%s", k);
     }
     if (O.size < 0 || O.size > 1000000) die("bad --size");
@@ -289,6 +293,7 @@ static void parse_opts(int argc, char **argv)
     if (O.subs < 1 || O.subs > 1024) die("bad --subs (1..1024)");
     if (O.responders < 1 || O.responders > 1024) die("bad --responders (1..1024)");
     if (O.mailboxes < 0 || O.mailboxes > 4096) die("bad --mailboxes");
+    if (O.procs < 1 || O.procs > 64) die("bad --procs (1..64)");
     if (strcmp(O.route, "shared") && strcmp(O.route, "split") && strcmp(O.route, "local"))
         die("--route must be shared, split or local");
 }
@@ -410,6 +415,22 @@ static long proc_rss_kb(int pid)
             break;
         }
     fclose(f);
+    return kb;
+}
+
+/* resident memory of the broker: the process plus its direct children (mq9fast --workers N) */
+static long broker_rss_kb(int pid)
+{
+    long kb = proc_rss_kb(pid);
+    if (kb < 0)
+        return kb;
+    children_t ch;
+    proc_cpu_s_ch(pid, &ch);
+    for (int i = 0; i < ch.n; i++) {
+        long c = proc_rss_kb(ch.pid[i]);
+        if (c > 0)
+            kb += c;
+    }
     return kb;
 }
 
@@ -3006,30 +3027,29 @@ static void *idle_thread(void *arg)
     return NULL;
 }
 
-static void run_connections(void)
+static void raise_nofile(void)
 {
-    long n = O.count > 0 ? O.count : 1000;
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+/* Opens n idle connections in this process (g_ic[0..n)); the source address of connection i is
+   127.0.0.(1 + (first + i) % 254) so that every process spreads over the same addresses. */
+static void open_idle(const struct sockaddr_in *dst, long first, long n, long *opened_out,
+                      long *failed_out)
+{
+    struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
     if ((rlim_t)n + 64 > rl.rlim_cur)
-        die("--count %ld exceeds RLIMIT_NOFILE %ld (minus 64 spare)", n, (long)rl.rlim_cur);
-    char host[128];
-    int port;
-    parse_hostport(O.url, host, sizeof host, &port);
-    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &dst.sin_addr) != 1)
-        die("connections needs a numeric IPv4 host, got %s", host);
-
-    long rss0 = proc_rss_kb(O.broker_pid);
+        die("%ld connections in one process exceed RLIMIT_NOFILE %ld (minus 64 spare): use --procs",
+            n, (long)rl.rlim_cur);
     g_ic = calloc((size_t)n, sizeof(iconn_t));
     g_nic = n;
     g_ep = epoll_create1(0);
     long started = 0, opened = 0, failed = 0;
-    int64_t t0 = now_ns();
-    int64_t limit = t0 + (int64_t)(O.timeout * 1e9);
+    int64_t limit = now_ns() + (int64_t)(O.timeout * 1e9);
     struct epoll_event evs[512];
     while ((opened + failed) < n && now_ns() < limit) {
         /* keep at most `parallel` handshakes in progress */
@@ -3042,16 +3062,17 @@ static void run_connections(void)
             setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
             setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             char src[64];
-            snprintf(src, sizeof src, "%s%ld", O.src_prefix, 1 + started % 254);
+            snprintf(src, sizeof src, "%s%ld", O.src_prefix, 1 + (first + started) % 254);
             struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
             if (inet_pton(AF_INET, src, &sa.sin_addr) != 1)
                 die("bad source address %s", src);
             if (bind(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0)
                 die("bind %s: %s", src, strerror(errno));
-            int rc = connect(c->fd, (struct sockaddr *)&dst, sizeof dst);
+            int rc = connect(c->fd, (const struct sockaddr *)dst, sizeof *dst);
             if (rc != 0 && errno != EINPROGRESS) {
                 c->state = 4;
                 close(c->fd);
+                c->fd = -1;
                 failed++;
                 started++;
                 continue;
@@ -3076,22 +3097,153 @@ static void run_connections(void)
             }
         }
     }
+    *opened_out = opened;
+    *failed_out = failed;
+}
+
+static long count_open_idle(void)
+{
+    long still = 0;
+    for (long i = 0; i < g_nic; i++)
+        still += g_ic[i].state == 3;
+    return still;
+}
+
+static void close_idle(void)
+{
+    for (long i = 0; i < g_nic; i++)
+        if (g_ic[i].fd > 0)
+            close(g_ic[i].fd);
+    close(g_ep);
+    free(g_ic);
+}
+
+/* --procs P: a helper process holds its share of the idle connections (each process has its own
+   RLIMIT_NOFILE).  It waits for one byte on go_fd, opens its share, writes "opened failed\n" to
+   res_fd, services the connections (PING/PONG) until stop_fd reaches EOF, then writes the number
+   still open and exits.  Forked before the parent starts any libnats thread. */
+typedef struct {
+    pid_t pid;
+    int res_fd;
+    long first, n, opened, failed, still_open;
+} idle_proc_t;
+
+static void idle_child(const struct sockaddr_in *dst, long first, long n, int go_fd, int res_fd,
+                       int stop_fd)
+{
+    char b;
+    if (read(go_fd, &b, 1) != 1)
+        _exit(1);
+    long opened, failed;
+    open_idle(dst, first, n, &opened, &failed);
+    dprintf(res_fd, "%ld %ld\n", opened, failed);
+    pthread_t th;
+    pthread_create(&th, NULL, idle_thread, NULL);
+    while (read(stop_fd, &b, 1) > 0)
+        ;
+    atomic_store(&g_idle_stop, 1);
+    pthread_join(th, NULL);
+    dprintf(res_fd, "%ld\n", count_open_idle());
+    close_idle();
+    _exit(0);
+}
+
+static long read_line_long(int fd, long *second)
+{
+    char buf[64];
+    size_t n = 0;
+    while (n < sizeof buf - 1 && read(fd, buf + n, 1) == 1 && buf[n] != '\n')
+        n++;
+    buf[n] = 0;
+    if (n == 0)
+        die("an idle-connection process died");
+    char *end;
+    long v = strtol(buf, &end, 10);
+    if (second)
+        *second = strtol(end, NULL, 10);
+    return v;
+}
+
+/* Idle connections plus one active requester: how much memory the broker needs per connection,
+   how fast it accepts them, and what the requester's latency is before and while they are open. */
+static void run_connections(void)
+{
+    long n = O.count > 0 ? O.count : 1000;
+    raise_nofile();
+    char host[128];
+    int port;
+    parse_hostport(O.url, host, sizeof host, &port);
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &dst.sin_addr) != 1)
+        die("connections needs a numeric IPv4 host, got %s", host);
+
+    int nprocs = O.procs;
+    long share = n / nprocs;
+    idle_proc_t procs[64];
+    int go[2], stop[2];
+    if (pipe(go) != 0 || pipe(stop) != 0)
+        die("pipe: %s", strerror(errno));
+    for (int p = 1; p < nprocs; p++) {
+        int res[2];
+        if (pipe(res) != 0)
+            die("pipe: %s", strerror(errno));
+        procs[p].first = share * p;
+        procs[p].n = p == nprocs - 1 ? n - share * p : share;
+        pid_t pid = fork();
+        if (pid < 0)
+            die("fork: %s", strerror(errno));
+        if (pid == 0) {
+            close(go[1]);
+            close(stop[1]);
+            close(res[0]);
+            idle_child(&dst, procs[p].first, procs[p].n, go[0], res[1], stop[0]);
+        }
+        close(res[1]);
+        procs[p].pid = pid;
+        procs[p].res_fd = res[0];
+    }
+    close(go[0]);
+    close(stop[0]);
+    long mine = nprocs == 1 ? n : share;
+
+    /* the active client, measured on the idle broker first */
+    responder_t rs;
+    responder_start(&rs);
+    natsConnection *nc = nats_connect("lg-active", O.asap != 0);
+    req_t r0;
+    req_init(&r0, nc, NULL, rs.subject, 1, CHECK_ECHO, BODY_FIXED, 0);
+    req_run(&r0, O.warmup, O.seconds);
+
+    long rss0 = broker_rss_kb(O.broker_pid);
+    int64_t t0 = now_ns();
+    for (int p = 1; p < nprocs; p++)
+        if (write(go[1], "g", 1) != 1)
+            die("write: %s", strerror(errno));
+    long opened, failed;
+    open_idle(&dst, 0, mine, &opened, &failed);
+    for (int p = 1; p < nprocs; p++) {
+        procs[p].opened = read_line_long(procs[p].res_fd, &procs[p].failed);
+        opened += procs[p].opened;
+        failed += procs[p].failed;
+    }
     int64_t t1 = now_ns();
-    long rss1 = proc_rss_kb(O.broker_pid);
+    long rss1 = broker_rss_kb(O.broker_pid);
 
     /* keep the idle connections serviced (answer server PINGs) while measuring */
     pthread_t th;
     pthread_create(&th, NULL, idle_thread, NULL);
-    responder_t rs;
-    responder_start(&rs);
-    natsConnection *nc = nats_connect("lg-active", O.asap != 0);
     req_t r;
     req_init(&r, nc, NULL, rs.subject, 1, CHECK_ECHO, BODY_FIXED, 0);
     req_run(&r, O.warmup, O.seconds);
-    long still_open = 0;
-    for (long i = 0; i < n; i++)
-        still_open += g_ic[i].state == 3;
+
+    close(stop[1]);
+    long still_open = count_open_idle();
+    for (int p = 1; p < nprocs; p++) {
+        still_open += read_line_long(procs[p].res_fd, NULL);
+        waitpid(procs[p].pid, NULL, 0);
+    }
     out_int("count", n);
+    out_int("procs", nprocs);
     out_int("opened", opened);
     out_int("failed", failed);
     out_int("still_open", still_open);
@@ -3101,18 +3253,17 @@ static void run_connections(void)
     out_int("broker_rss_kb_after", rss1);
     if (rss0 > 0 && rss1 > 0 && opened > 0)
         out_num("broker_kb_per_conn", (double)(rss1 - rss0) / opened);
+    out_lat_p(&r0.lat, "idle_");
     req_report(&r, "rr_rate");
-    out_bool("ok", opened == n && r.win_replies > 0);
+    out_bool("ok", opened == n && still_open == n && r.win_replies > 0);
+    req_destroy(&r0);
     req_destroy(&r);
     natsConnection_Destroy(nc);
     responder_stop(&rs);
     atomic_store(&g_idle_stop, 1);
     pthread_join(th, NULL);
-    for (long i = 0; i < n; i++)
-        if (g_ic[i].fd > 0)
-            close(g_ic[i].fd);
-    close(g_ep);
-    free(g_ic);
+    close_idle();
+    close(go[1]);
 }
 
 /* ------------------------------------------------------------------ */

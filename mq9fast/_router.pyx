@@ -6,7 +6,11 @@ Invariants:
   (``*`` -> ``pwc``, ``>`` -> ``fwc``), in ``psubs`` or in ``qsubs[queue]``;
 * ``_cache`` only ever holds Match results computed since the last insert/remove (both clear it)
   and at most CACHE_MAX entries;
-* empty nodes are pruned on remove, so the trie size is bounded by the live subscriptions.
+* empty nodes are pruned on remove, so the trie size is bounded by the live subscriptions;
+* a node's containers (``children``, ``psubs``, ``qsubs``) are None until first needed and go back
+  to None when emptied: most nodes hold one child or one subscription (an inbox per connection),
+  and three empty containers per node would cost more than the node itself (memory per idle
+  connection is a target).
 """
 
 DEF CACHE_MAX = 8192
@@ -63,11 +67,11 @@ cdef class Match:
 
 cdef class _Node:
     def __cinit__(self):
-        self.children = {}
+        self.children = None
         self.pwc = None
         self.fwc = None
-        self.psubs = []
-        self.qsubs = {}
+        self.psubs = None
+        self.qsubs = None
 
     cdef bint empty(self):
         return not (self.children or self.pwc is not None or self.fwc is not None
@@ -96,14 +100,21 @@ cdef class Router:
                     node.fwc = _Node()
                 node = node.fwc
             else:
+                if node.children is None:
+                    node.children = {}
                 child = node.children.get(tok)
                 if child is None:
                     child = _Node()
                     node.children[tok] = child
                 node = child
         if queue is None:
-            node.psubs.append(sub)
+            if node.psubs is None:
+                node.psubs = [sub]
+            else:
+                node.psubs.append(sub)
         else:
+            if node.qsubs is None:
+                node.qsubs = {}
             members = node.qsubs.get(queue)
             if members is None:
                 node.qsubs[queue] = [sub]
@@ -124,20 +135,24 @@ cdef class Router:
             elif tok == b">":
                 nxt = node.fwc
             else:
-                nxt = node.children.get(tok)
+                nxt = node.children.get(tok) if node.children is not None else None
             if nxt is None:
                 return False
             path.append((node, tok))
             node = nxt
         if queue is None:
-            if not _remove_identity(node.psubs, sub):
+            if node.psubs is None or not _remove_identity(node.psubs, sub):
                 return False
+            if not node.psubs:
+                node.psubs = None
         else:
-            members = node.qsubs.get(queue)
+            members = node.qsubs.get(queue) if node.qsubs is not None else None
             if members is None or not _remove_identity(<list>members, sub):
                 return False
             if not members:
                 del node.qsubs[queue]
+                if not node.qsubs:
+                    node.qsubs = None
         self.count -= 1
         self._cache.clear()
         for parent, tok in reversed(path):
@@ -155,6 +170,8 @@ cdef class Router:
                 parent.fwc = None
             else:
                 del parent.children[tok]
+                if not parent.children:
+                    parent.children = None
         return True
 
     cpdef Match match(self, bytes subject):
@@ -188,7 +205,10 @@ cdef bint _remove_identity(list items, object sub):
 
 
 cdef int _add(_Node node, list psubs, dict qmap) except -1:
-    psubs.extend(node.psubs)
+    if node.psubs is not None:
+        psubs.extend(node.psubs)
+    if node.qsubs is None:
+        return 0
     for q, members in node.qsubs.items():
         acc = qmap.get(q)
         if acc is None:
@@ -206,7 +226,7 @@ cdef int _collect(_Node node, list tokens, Py_ssize_t i, list psubs, dict qmap) 
     if i == n:
         _add(node, psubs, qmap)
         return 0
-    child = node.children.get(tokens[i])
+    child = node.children.get(tokens[i]) if node.children is not None else None
     if child is not None:
         _collect(child, tokens, i + 1, psubs, qmap)
     if node.pwc is not None:

@@ -77,7 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as the Go runtime does for nats-server):
+    every connection is a file descriptor, and the usual soft default of 1024 is far too low for
+    a broker.  Returns the limit in effect."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def serve(args: argparse.Namespace) -> int:
+    raise_open_files_limit()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_mod.Config)}
     if args.debug:
         overrides["log_level"] = "debug"

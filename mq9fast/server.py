@@ -113,12 +113,13 @@ class Client(asyncio.Protocol):
     # -- asyncio callbacks ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        if not self.server.loop_sets_nodelay:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (peer[0], peer[1])
@@ -337,6 +338,9 @@ class Server:
         self.router = Router()
         self.clients: dict[int, Client] = {}
         self.loop = asyncio.get_running_loop()
+        # uvloop sets TCP_NODELAY on every accepted connection itself; asking for the socket
+        # object would allocate a socket wrapper per connection for nothing
+        self.loop_sets_nodelay = type(self.loop).__module__.startswith("uvloop")
         self.server_id = "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(22))
         self._cid = 0
         self.dirty: list = []       # Conn objects with queued output (see deliver_py)

@@ -126,3 +126,38 @@ def test_port_in_use_is_reported(tmp_path):
                     "--http-port", "0")
     assert r.returncode == 1
     assert "address already in use" in r.stderr.lower() or "errno 98" in r.stderr.lower()
+
+
+def test_serve_raises_its_open_files_limit(tmp_path):
+    """Started with a soft RLIMIT_NOFILE of 256 (a common default), the broker still holds more
+    connections than that: it raises the soft limit to the hard one, as nats-server (Go) does."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"hard RLIMIT_NOFILE {hard} is too low to show the difference")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # for this test's own sockets
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mq9fast", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(tmp_path / "d"), "--http-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=OUTSIDE,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    socks = []
+    try:
+        _wait_info(port, proc)
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            socks.append(s)
+            s.sendall(b"CONNECT {}\r\nPING\r\n")
+        for s in socks:
+            data = b""
+            while b"PONG\r\n" not in data:
+                chunk = s.recv(4096)
+                assert chunk, "broker closed a connection"
+                data += chunk
+    finally:
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
