@@ -62,6 +62,7 @@ class Broker:
                                    os.environ["MQ9FAST_CLUSTER_KEY"])
             self.server.attach_cluster(self.cluster)
             self.cluster.serve("varz", lambda _req: json.dumps(self.server.varz()).encode())
+            self.cluster.serve("figures", lambda _req: json.dumps(self.local_figures()).encode())
             await self.cluster.start()
         mailbox_cls = _service("mq9fast.mailbox", "MailboxService")
         registry_cls = _service("mq9fast.registry", "Registry")
@@ -92,6 +93,21 @@ class Broker:
             return [own]
         answers = await self.cluster.gather("varz", timeout=1.0)
         return [own] + [json.loads(answers[w]) for w in sorted(answers)]
+
+    def local_figures(self) -> dict:
+        """This process's own figures, which worker 0's ``/metrics`` adds up over the workers:
+        ``Server.varz()``, the mq9 command counts and the long-poll FETCHes parked here."""
+        counts = dict(self.control.counts) if self.control is not None else {}
+        return {"varz": self.server.varz(),
+                "commands": [[c, o, n] for (c, o), n in counts.items()],
+                "waiting_fetches": int(getattr(self.mailbox, "parked", 0) or 0)}
+
+    async def workers_figures(self) -> dict[int, dict]:
+        """``local_figures()`` of every other worker that answered within a second (``--workers N``)."""
+        if self.cluster is None:
+            return {}
+        answers = await self.cluster.gather("figures", timeout=1.0)
+        return {w: json.loads(a) for w, a in answers.items()}
 
     def request_stop(self) -> None:
         self._stop.set()

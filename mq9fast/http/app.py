@@ -9,6 +9,7 @@ Routes (all JSON unless noted; bad parameters -> 4xx ``{"error": "..."}``; a fai
 ``GET /readyz``                 200 when storage is open and the NATS listener accepts, else 503
 ``GET /varz``                   snapshot: server counters, storage, services, commands, config
 ``GET /api/overview``           what the dashboard polls: varz + mailbox/registry statistics
+                                (connections, traffic and commands summed over all workers)
 ``GET /api/mailboxes``          ``?limit=&page=`` or ``?limit=&offset=``, ``&prefix=``
 ``GET /api/agents``             same paging; card, mailbox, last report
 ``GET /`` , ``/dashboard``      the dashboard page (static HTML/JS/CSS from the package)
@@ -222,6 +223,7 @@ class HttpSidePort:
                             headers={"Cache-Control": "no-cache"})
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        await self.metrics.refresh()  # --workers N: the other workers' figures
         data = generate_latest(self.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
@@ -261,14 +263,22 @@ class HttpSidePort:
         body = self.readiness()
         return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, all_workers: bool = False) -> dict[str, Any]:
+        """This worker's figures; ``all_workers``: connections, traffic, slow consumers, command
+        counts and parked FETCHes summed over the workers (as of the last ``metrics.refresh()``)."""
         b = self.broker
+        collector = self.metrics.collector
         out: dict[str, Any] = {}
         if b.server is not None:
             out.update(b.server.varz())
-            in_m, out_m, in_b, out_b = self.metrics.collector.traffic.read(b.server)
+            in_m, out_m, in_b, out_b = collector.traffic.read(b.server)
             out["total_in_msgs"], out["total_out_msgs"] = in_m, out_m
             out["total_in_bytes"], out["total_out_bytes"] = in_b, out_b
+            if all_workers:
+                t = collector.totals()
+                out["connections"], out["slow_consumers"] = t["connections"], t["slow_consumers"]
+                out["total_in_msgs"], out["total_out_msgs"] = t["in_msgs"], t["out_msgs"]
+                out["total_in_bytes"], out["total_out_bytes"] = t["in_bytes"], t["out_bytes"]
         out["mq9fast_version"] = __version__
         out["http"] = {"host": self.host, "port": self.port,
                        "mcp": "error" if self.mcp_error else ("loaded" if self.mcp is not None else "on first use")}
@@ -278,8 +288,9 @@ class HttpSidePort:
                               "batched_writes": store.batched_writes, "last_batch_size": store.last_batch_size,
                               "max_batch_size": store.max_batch_size}
         if b.control is not None:
-            out["commands"] = {f"{c}:{o}": n for (c, o), n in sorted(dict(b.control.counts).items())}
-        out["mailbox"] = services.mailbox_stats(b)
+            counts = collector.command_counts() if all_workers else dict(b.control.counts)
+            out["commands"] = {f"{c}:{o}": n for (c, o), n in sorted(counts.items())}
+        out["mailbox"] = collector.mailbox_stats() if all_workers else services.mailbox_stats(b)
         out["registry"] = services.registry_stats(b)
         out["config"] = {k: v for k, v in vars(b.config).items() if k not in _SECRET_FIELDS}
         out["ready"] = self.readiness()
@@ -297,7 +308,8 @@ class HttpSidePort:
                              "paging": "limit (1-1000, default 50) with page (1-based) or offset"})
 
     async def overview(self, request: Request) -> Response:
-        snap = self.snapshot()
+        await self.metrics.refresh()
+        snap = self.snapshot(all_workers=True)
         snap.pop("config", None)
         return JSONResponse(snap)
 

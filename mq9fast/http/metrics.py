@@ -4,10 +4,20 @@ Two sources:
 
 * ``BrokerCollector`` reads live broker state at scrape time: connections, traffic counters,
   mq9 command counts (``Control.counts``), group-commit statistics (``Store``), mailbox and
-  registry statistics (``mailbox.stats()`` / ``registry.stats()`` when the services offer them);
+  registry statistics (``MailboxService.stats()`` / ``Registry.stats()``);
 * histograms fed by hooks: command latency (``mq9fast_command_duration_seconds``, labelled by
   command, so SEND and FETCH each have theirs) and, when the store reports each batch, the
   group-commit batch size (``mq9fast_fsync_batch_size``).
+
+``--workers N``: the side port runs in worker 0.  Before each scrape ``Metrics.refresh()`` asks
+the other workers for their own figures (``Broker.workers_figures()``, the cluster's
+serve/gather), and connections, messages/bytes in/out, slow consumers, command counts and parked
+long-polls are reported as **sums over all workers** under the same names (a worker that does
+not answer within a second counts with its last answer).  ``mq9fast_worker_connections{worker}``
+shows the split and ``mq9fast_workers_answering`` how many workers the figures cover.  The
+mailbox and registry figures come from the shared LMDB and are broker-wide anyway.  Not summed:
+``mq9fast_subscriptions`` (worker 0's router) and the two histograms (worker 0's requests and
+commits).
 
 A failure while reading one source is logged once and skipped; a scrape never fails and never
 touches the broker's state.
@@ -95,11 +105,76 @@ class TrafficTotals:
         return tuple(base[i] + live[i] for i in range(4))  # type: ignore[return-value]
 
 
+class WorkerFigures:
+    """The other workers' last answers to ``Broker.workers_figures()`` (``--workers N``)."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, dict[str, Any]] = {}   # worker id -> its latest local_figures()
+        self.answered = 0                           # workers that answered the latest refresh
+
+    def update(self, answers: dict[int, dict[str, Any]]) -> None:
+        self.answered = len(answers)
+        self.last.update(answers)
+
+    def varz_sum(self, key: str) -> int:
+        return sum(int((f.get("varz") or {}).get(key, 0) or 0) for f in self.last.values())
+
+    def commands(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for f in self.last.values():
+            for command, outcome, n in f.get("commands") or ():
+                out[(command, outcome)] = out.get((command, outcome), 0) + int(n)
+        return out
+
+    def waiting_fetches(self) -> int:
+        return sum(int(f.get("waiting_fetches", 0) or 0) for f in self.last.values())
+
+
 class BrokerCollector(Collector):
     def __init__(self, broker: Any) -> None:
         self.broker = broker
         self.traffic = TrafficTotals()
+        self.workers = WorkerFigures()
         self._warned: set[str] = set()
+
+    async def refresh(self) -> None:
+        """Fetch the other workers' figures (no-op with one worker); never raises."""
+        broker = self.broker
+        if getattr(broker, "cluster", None) is None or not hasattr(broker, "workers_figures"):
+            return
+        try:
+            self.workers.update(await broker.workers_figures())
+        except Exception:  # noqa: BLE001 - a scrape must not fail
+            if "workers" not in self._warned:
+                self._warned.add("workers")
+                log.exception("metrics: gathering the other workers' figures failed (reported once)")
+
+    # -- totals over workers (worker 0's own figures plus the others' last answers) -------------
+    def totals(self) -> dict[str, Any]:
+        """Connections, traffic and slow consumers of the whole broker (see the module doc)."""
+        server = self.broker.server
+        w = self.workers
+        m_in, m_out, b_in, b_out = self.traffic.read(server)
+        return {
+            "connections": len(getattr(server, "clients", {}) or {}) + w.varz_sum("connections"),
+            "in_msgs": m_in + w.varz_sum("in_msgs"),
+            "out_msgs": m_out + w.varz_sum("out_msgs"),
+            "in_bytes": b_in + w.varz_sum("in_bytes"),
+            "out_bytes": b_out + w.varz_sum("out_bytes"),
+            "slow_consumers": int(getattr(server, "slow_consumers", 0)) + w.varz_sum("slow_consumers"),
+        }
+
+    def command_counts(self) -> dict[tuple[str, str], int]:
+        counts = dict(self.broker.control.counts)
+        for key, n in self.workers.commands().items():
+            counts[key] = counts.get(key, 0) + n
+        return counts
+
+    def mailbox_stats(self) -> dict[str, Any]:
+        stats = services.mailbox_stats(self.broker)
+        if "waiting_fetches" in stats:
+            stats["waiting_fetches"] = int(stats["waiting_fetches"]) + self.workers.waiting_fetches()
+        return stats
 
     def _guard(self, what: str, fn: Callable[[], Iterable[Metric]]) -> list[Metric]:
         try:
@@ -139,23 +214,35 @@ class BrokerCollector(Collector):
 
     def _server(self) -> Iterable[Metric]:
         server = self.broker.server
-        clients = getattr(server, "clients", {}) or {}
-        yield GaugeMetricFamily("mq9fast_connections", "open client connections", value=len(clients))
+        t = self.totals()
+        yield GaugeMetricFamily("mq9fast_connections", "open client connections (all workers)",
+                                value=t["connections"])
+        if getattr(self.broker, "cluster", None) is not None:
+            fam = GaugeMetricFamily("mq9fast_worker_connections", "open client connections, by worker "
+                                    "(the other workers' latest answers)", labels=["worker"])
+            fam.add_metric([str(getattr(server, "worker_id", 0))], len(getattr(server, "clients", {}) or {}))
+            for wid, f in sorted(self.workers.last.items()):
+                fam.add_metric([str(wid)], int((f.get("varz") or {}).get("connections", 0) or 0))
+            yield fam
+            yield GaugeMetricFamily("mq9fast_workers_answering", "workers whose figures the latest scrape "
+                                    "covers (this one included)", value=1 + self.workers.answered)
         router = getattr(server, "router", None)
         if router is not None and hasattr(router, "count"):
-            yield GaugeMetricFamily("mq9fast_subscriptions", "active subscriptions", value=int(router.count))
-        m_in, m_out, b_in, b_out = self.traffic.read(server)
-        yield CounterMetricFamily("mq9fast_messages_in", "messages received from clients (PUB/HPUB)", value=m_in)
-        yield CounterMetricFamily("mq9fast_messages_out", "messages delivered to clients (MSG/HMSG)", value=m_out)
-        yield CounterMetricFamily("mq9fast_bytes_in", "payload bytes received from clients", value=b_in)
-        yield CounterMetricFamily("mq9fast_bytes_out", "payload bytes delivered to clients", value=b_out)
+            yield GaugeMetricFamily("mq9fast_subscriptions", "active subscriptions in the router of the "
+                                    "worker serving this page", value=int(router.count))
+        yield CounterMetricFamily("mq9fast_messages_in", "messages received from clients (PUB/HPUB)",
+                                  value=t["in_msgs"])
+        yield CounterMetricFamily("mq9fast_messages_out", "messages delivered to clients (MSG/HMSG)",
+                                  value=t["out_msgs"])
+        yield CounterMetricFamily("mq9fast_bytes_in", "payload bytes received from clients", value=t["in_bytes"])
+        yield CounterMetricFamily("mq9fast_bytes_out", "payload bytes delivered to clients", value=t["out_bytes"])
         yield CounterMetricFamily("mq9fast_slow_consumers", "connections closed as slow consumers",
-                                  value=int(getattr(server, "slow_consumers", 0)))
+                                  value=t["slow_consumers"])
 
     def _control(self) -> Iterable[Metric]:
         fam = CounterMetricFamily("mq9fast_commands", "mq9 commands handled, by command and outcome",
                                   labels=["command", "outcome"])
-        for (command, outcome), n in sorted(dict(self.broker.control.counts).items()):
+        for (command, outcome), n in sorted(self.command_counts().items()):
             fam.add_metric([command, outcome], n)
         yield fam
 
@@ -171,35 +258,33 @@ class BrokerCollector(Collector):
                                 value=int(st.max_batch_size))
 
     def _mailbox(self) -> Iterable[Metric]:
-        stats = services.mailbox_stats(self.broker)
+        stats = self.mailbox_stats()
         if not stats:
             return
         if "mailboxes" in stats:
             yield GaugeMetricFamily("mq9fast_mailboxes", "live mailboxes", value=stats["mailboxes"])
-        by_prio = stats.get("messages_by_priority") or stats.get("messages")
+        by_prio = stats.get("messages_by_priority")
         if isinstance(by_prio, dict):
-            fam = GaugeMetricFamily("mq9fast_stored_messages", "visible stored messages, by priority lane",
-                                    labels=["priority"])
+            fam = GaugeMetricFamily("mq9fast_stored_messages", "stored messages, by priority lane (one whose "
+                                    "TTL passed counts until the sweeper removes it)", labels=["priority"])
             for prio in ("critical", "urgent", "normal"):
                 fam.add_metric([prio], float(by_prio.get(prio, 0)))
             yield fam
-        if "messages_stored" in stats and not isinstance(by_prio, dict):
-            yield GaugeMetricFamily("mq9fast_stored_messages_all", "stored messages, all lanes (includes expired "
-                                    "ones not yet purged)", value=stats["messages_stored"])
         if "delayed" in stats:
             yield GaugeMetricFamily("mq9fast_delayed_messages", "delayed messages not yet visible",
                                     value=stats["delayed"])
         if "leases" in stats:
-            yield GaugeMetricFamily("mq9fast_leases_outstanding", "messages leased to a group and not yet "
-                                    "acknowledged", value=stats["leases"])
+            yield GaugeMetricFamily("mq9fast_leases_outstanding", "messages leased to a consumer group: not "
+                                    "acknowledged, lease not expired", value=stats["leases"])
         if "redeliveries" in stats:
-            yield CounterMetricFamily("mq9fast_redeliveries", "messages delivered again after a lease expired",
+            yield CounterMetricFamily("mq9fast_redeliveries", "messages a group FETCH handed out again after "
+                                      "their lease expired (all workers, since the broker started)",
                                       value=stats["redeliveries"])
         if "groups" in stats:
             yield GaugeMetricFamily("mq9fast_consumer_groups", "consumer groups", value=stats["groups"])
         if "waiting_fetches" in stats:
-            yield GaugeMetricFamily("mq9fast_waiting_fetches", "long-polling FETCH requests",
-                                    value=stats["waiting_fetches"])
+            yield GaugeMetricFamily("mq9fast_waiting_fetches", "long-polling FETCH requests parked now "
+                                    "(all workers)", value=stats["waiting_fetches"])
 
     def _registry(self) -> Iterable[Metric]:
         stats = services.registry_stats(self.broker)
@@ -223,6 +308,10 @@ class Metrics:
         self.batch_size = Histogram("mq9fast_fsync_batch_size", "write requests per group commit (fsync)",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self._uninstall: list[Callable[[], None]] = []
+
+    async def refresh(self) -> None:
+        """Before a scrape: the other workers' figures (``--workers N``)."""
+        await self.collector.refresh()
 
     # -- hooks ----------------------------------------------------------------------------------
     def observe_command(self, command: str, outcome: str, seconds: float) -> None:

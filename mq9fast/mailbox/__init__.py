@@ -7,7 +7,8 @@ and awaits ``close()`` before ``Store.close()``.
 
 Modules: ``service`` (commands, timers), ``layout`` (every key/value format), ``requests``
 (validation and the exact error texts), ``encode`` (message objects from zero-copy buffers),
-``volatile`` (the lease environment), ``_scan`` (compiled FETCH/ACK loops: lane walk + JSON/base64
+``volatile`` (the lease environment), ``stats`` (``stats()``/``list_mailboxes()`` for the HTTP
+side port, and the stored-message counters), ``_scan`` (compiled FETCH/ACK loops: lane walk + JSON/base64
 encoding of option-less messages, leases, watermark walk) with its pure-Python twin ``scan_py``,
 selected by ``hot`` (``MQ9FAST_PURE_PYTHON`` forces the twin).
 
@@ -36,6 +37,8 @@ mb.gacks       gid(8) | msg_id(8)                          empty: ACKed above th
 mb.delayed     due_ms(8) | seq(8)   (ordered by due time)  mbid, lane, name, message value
 mb.mbexp       expire_ms(8) | mbid(8)                      mailbox name (expiry index of mailboxes)
 mb.msgexp      expire_ms(8) | mbid(8) | lane(1) | msg_id   empty (expiry index of messages with a TTL)
+mb.depth       mbid(8); ``u64(0)`` = all mailboxes         messages stored per lane (i64le x 3), kept in
+                                                           the transaction that stores/deletes them
 =============  ==========================================  =============================================
 
 Lanes are 0 = critical, 1 = urgent, 2 = normal, so one cursor walks a mailbox's lanes in FETCH order.
@@ -49,8 +52,9 @@ Volatile state: leases (``volatile.py``)
 
 Leases and FETCH batches live in a second LMDB environment, ``<data-dir>/mailbox-volatile``, opened
 without fsync and emptied at start-up (DESIGN.md §3.3: leases need not survive a restart):
-``leases: gid|msg_id -> expiry_ms, batch_id, deliveries, lane`` and
-``batches: gid|batch_id -> expiry_ms + [(lane, msg_id)...]`` in FETCH order.
+``leases: gid|msg_id -> expiry_ms, batch_id, deliveries, lane``,
+``batches: gid|batch_id -> expiry_ms + [(lane, msg_id)...]`` in FETCH order, the batches by expiry
+``lexp: expiry_ms|gid|batch_id`` (to count outstanding leases) and the redelivery counter.
 
 Groups, leases, ACK
 -------------------

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import time
+from operator import itemgetter
 
 from ..control import Mq9Error, error_reply
 from .encode import EMPTY_MESSAGES, encode_message, messages_reply
@@ -26,6 +27,7 @@ from .layout import (
     lane_prefix, msg_key, tag_prefix, tags_of, u64, value_expire,
 )
 from .requests import AckRequest, CreateRequest, FetchRequest, QueryRequest, SendOptions, parse_msg_id_token
+from .stats import DepthDelta, init_depth, list_mailboxes, stats
 from .volatile import Volatile
 
 log = logging.getLogger("mq9fast.mailbox")
@@ -45,6 +47,8 @@ _MISSING = object()
 MAX_NAME = 128
 #: cluster event announcing that messages became visible in some mailboxes
 EVENT_VISIBLE = "mailbox.visible"
+#: deliveries-so-far of a picked FETCH entry (lane, msg_id, deliveries)
+_DELIVERIES = itemgetter(2)
 
 
 def _now_ms() -> int:
@@ -93,6 +97,7 @@ class MailboxService:
         self.d_delayed = db("mb.delayed")
         self.d_mbexp = db("mb.mbexp")
         self.d_msgexp = db("mb.msgexp")
+        self.d_depth = db("mb.depth")
         self.vol: Volatile | None = None
         self.cluster = None  # set by attach_cluster() with --workers N
         self._events: set[int] = set()  # mailboxes to announce to the other workers this tick
@@ -108,6 +113,7 @@ class MailboxService:
         self.delayed_moved = 0
         self.swept_mailboxes = 0
         self.swept_messages = 0
+        self.parked = 0  # long-polling FETCHes waiting in this process
 
     # ================================================================ life cycle
     def attach_cluster(self, cluster) -> None:
@@ -132,6 +138,7 @@ class MailboxService:
         elif self.clear_leases:
             self.vol.clear()
         self._delay_event = asyncio.Event()
+        await self.store.write(self._w_init_depth)
         if self.cluster is None or self.cluster.is_leader:
             self._tasks = [self._loop.create_task(self._delay_loop(), name="mq9-delay"),
                            self._loop.create_task(self._sweep_loop(), name="mq9-sweep")]
@@ -153,6 +160,31 @@ class MailboxService:
         if self.vol is not None:
             self.vol.close()
             self.vol = None
+
+    # ================================================================ statistics (HTTP side port)
+    def stats(self) -> dict:
+        """Figures for ``/metrics`` and the dashboard; synchronous and cheap (no message scans).
+
+        ``mailboxes``, ``messages_by_priority`` {critical, urgent, normal} (stored messages; one
+        whose TTL passed counts until the sweeper removes it), ``messages_stored``, ``delayed``,
+        ``groups``, ``leases`` (outstanding: leased to a group, not ACKed, not expired) and
+        ``redeliveries`` (messages a group FETCH handed out again after their lease expired, a
+        counter since the broker run started) describe the whole broker: they come from the
+        shared LMDB environments, so every worker reports the same.  ``waiting_fetches``
+        (long-polls parked now) is this process's only.  See ``stats.py``.
+        """
+        return stats(self)
+
+    def list_mailboxes(self, offset: int, limit: int, prefix: str | None = None) -> tuple[int, list]:
+        """Live mailboxes in name order from ``offset`` (``prefix``: names starting with it):
+        ``(total, items)``, each item with address, ttl, create_time, expire_at, desc, next_id,
+        depth {critical, urgent, normal} and groups [{name, committed, leased}].  See ``stats.py``."""
+        return list_mailboxes(self, offset, limit, prefix)
+
+    def _w_init_depth(self, txn) -> bool:
+        """Writer thread: count the stored messages once when ``mb.depth`` has no totals yet
+        (a data directory written before the counters existed)."""
+        return init_depth(txn, self.d_msgs, self.d_depth)
 
     # ================================================================ helpers
     def _raw(self, encoding: str | None) -> bool:
@@ -232,8 +264,9 @@ class MailboxService:
 
     # ================================================================ writer-thread primitives
     def _put_message(self, txn, box: Box, lane: int, now_ms: int, expire_ms: int, hdr, key,
-                     tags_json, tags, payload) -> int:
-        """Store one message (compaction, indexes); advances ``box`` (the caller saves it)."""
+                     tags_json, tags, payload, dep: DepthDelta) -> int:
+        """Store one message (compaction, indexes); advances ``box`` (the caller saves it) and
+        records the change of the stored-message counts in ``dep`` (the caller applies it)."""
         mbid = box.mbid
         mid = box.next_id
         box.next_id = mid + 1
@@ -246,7 +279,7 @@ class MailboxService:
             old = txn.get(kk, db=self.d_keys)
             if old is not None:
                 olane, oid = LANE_ID.unpack(old)
-                self._drop(txn, mbid, olane, oid)
+                self._drop(txn, mbid, olane, oid, dep)
             txn.put(kk, LANE_ID.pack(lane, mid), db=self.d_keys)
         txn.put(msg_key(mbid, lane, mid),
                 encode_value(box.last_sec, expire_ms, hdr, key, tags_json, payload), db=self.d_msgs)
@@ -257,16 +290,18 @@ class MailboxService:
                 txn.put(tag_prefix(mbid, enc_str(t)) + idv, lb, db=self.d_tags)
         if expire_ms:
             txn.put(MSGEXP_KEY.pack(expire_ms, mbid, lane, mid), b"", db=self.d_msgexp)
+        dep.add(mbid, lane)
         return mid
 
-    def _drop(self, txn, mbid: int, lane: int, mid: int) -> bool:
-        """Delete one message and every index entry pointing at it."""
+    def _drop(self, txn, mbid: int, lane: int, mid: int, dep: DepthDelta) -> bool:
+        """Delete one message and every index entry pointing at it (counted in ``dep``)."""
         k = msg_key(mbid, lane, mid)
         v = txn.get(k, db=self.d_msgs)
         if v is None:
             return False
         _c, expire_ms, _h, key, tags, _p = decode_value(v)
         txn.delete(k, db=self.d_msgs)
+        dep.add(mbid, lane, -1)
         if key is not None:
             kk = keyidx_key(mbid, bytes(key))
             cur = txn.get(kk, db=self.d_keys)
@@ -303,8 +338,9 @@ class MailboxService:
                 break
         return True
 
-    def _purge_mailbox(self, txn, mbid: int, budget: list) -> tuple[bool, list[int]]:
-        """Delete everything of mailbox incarnation ``mbid`` (bounded by ``budget``)."""
+    def _purge_mailbox(self, txn, mbid: int, budget: list, dep: DepthDelta) -> tuple[bool, list[int]]:
+        """Delete everything of mailbox incarnation ``mbid`` (bounded by ``budget``); the deleted
+        messages are counted in ``dep``, which forgets the mailbox's counts once it is all gone."""
         prefix = u64(mbid)
         gids = []
         cur = txn.cursor(db=self.d_groups)
@@ -326,12 +362,14 @@ class MailboxService:
                     return False, gids
                 budget[0] -= 1
                 v = cur.value()
+                k = cur.key()
                 if v[0] & 1:  # its TTL index entry goes too
-                    k = cur.key()
                     txn.delete(MSGEXP_KEY.pack(value_expire(v), mbid, k[8], BE_U64.unpack_from(k, 9)[0]),
                                db=self.d_msgexp)
+                dep.add(mbid, k[8], -1)
                 if not cur.delete():
                     break
+        dep.gone(mbid)
         return True, gids
 
     # ================================================================ MAILBOX.CREATE
@@ -375,8 +413,10 @@ class MailboxService:
             def fn(txn):
                 now = _now_ms()
                 box = self._box(txn, nameb, now, addr)
+                dep = DepthDelta()
                 mid = self._put_message(txn, box, lane, now, now + ttl * 1000 if ttl else 0,
-                                        hdr, key, tags_json, tags, payload)
+                                        hdr, key, tags_json, tags, payload, dep)
+                dep.apply(txn, self.d_depth)
                 txn.put(nameb, box.encode(), db=self.d_boxes)
                 cell.append(box.mbid)
                 return b'{"error":"","msg_id":%d}' % mid
@@ -442,6 +482,8 @@ class MailboxService:
         now = _now_ms()
         sec = now // 1000
         boxes: dict = {}
+        first_id: dict = {}  # mbid -> next_id when the segment began (to count the plain SENDs)
+        dep = DepthDelta()
         out: list = []
         append = out.append
         mput = txn.cursor(db=self.d_msgs).put
@@ -456,6 +498,8 @@ class MailboxService:
                 box = boxes.get(nameb, _MISSING)
                 if box is _MISSING:
                     box = boxes[nameb] = self._box_or_none(txn, nameb, now)
+                    if box is not None:
+                        first_id[box.mbid] = box.next_id
                 head = b""
             if box is None:
                 append(None)
@@ -473,13 +517,17 @@ class MailboxService:
             else:
                 ttl = it[2]
                 mid = self._put_message(txn, box, it[1], now, now + ttl * 1000 if ttl else 0,
-                                        it[3], it[4], it[5], it[6], it[7])
+                                        it[3], it[4], it[5], it[6], it[7], dep)
+                dep.add(box.mbid, NORMAL, -1)  # (the plain count below includes this id)
                 head = b""
             append((box.mbid, mid))
         d_boxes = self.d_boxes
         for nameb, box in boxes.items():
             if box is not None:
                 txn.put(nameb, box.encode(), db=d_boxes)
+                # every id taken in this segment is one stored message
+                dep.add(box.mbid, NORMAL, box.next_id - first_id[box.mbid])
+        dep.apply(txn, self.d_depth)
         return out
 
     def _sent(self, items, results) -> None:
@@ -572,6 +620,8 @@ class MailboxService:
             batch_id = self.vol.next_batch(vtxn)
             bv = scan.lease_batch(lc.put, gp, picked, lease_until, batch_id)
             vtxn.put(gp + u64(batch_id), bv, db=self.vol.batches)
+            self.vol.add_batch(vtxn, gid, batch_id, lease_until,
+                               len(picked) - list(map(_DELIVERIES, picked)).count(0))
         return body, wake
 
     def _group_collect(self, nameb: bytes, addr: str, gname: bytes, req: FetchRequest, raw: bool):
@@ -654,9 +704,11 @@ class MailboxService:
                 ws = self._waiters[mbid] = set()
             ws.add(fut)
             handle = loop.call_later(timeout, _resolve, fut)
+            self.parked += 1
             try:
                 await fut
             finally:
+                self.parked -= 1
                 handle.cancel()
                 ws = self._waiters.get(mbid)
                 if ws is not None:
@@ -878,7 +930,9 @@ class MailboxService:
                 v = txn.get(msg_key(box.mbid, lane, mid), db=self.d_msgs)
                 if v is not None:
                     live = not (v[0] & 1 and value_expire(v) <= now)
-                    self._drop(txn, box.mbid, lane, mid)
+                    dep = DepthDelta()
+                    self._drop(txn, box.mbid, lane, mid, dep)
+                    dep.apply(txn, self.d_depth)
                     return b'{"error":"","deleted":true}' if live else b'{"error":"","deleted":false}'
             return b'{"error":"","deleted":false}'
 
@@ -898,6 +952,7 @@ class MailboxService:
         cur = txn.cursor(db=self.d_delayed)
         boxes: dict[bytes, Box | None] = {}
         touched: list[int] = []
+        dep = DepthDelta()
         n = 0
         hsize = DELAYED_HEAD.size
         while n < 5000 and cur.first():
@@ -921,12 +976,13 @@ class MailboxService:
             _c, expire_ms, hdr, key, tags, payload = decode_value(v[hsize + nlen:])
             if expire_ms and now >= expire_ms:
                 continue
-            self._put_message(txn, box, lane, now, expire_ms, hdr, key, tags, tags_of(tags), payload)
+            self._put_message(txn, box, lane, now, expire_ms, hdr, key, tags, tags_of(tags), payload, dep)
             if mbid not in touched:
                 touched.append(mbid)
         for nameb, box in boxes.items():
             if box is not None and box.mbid in touched:
                 txn.put(nameb, box.encode(), db=self.d_boxes)
+        dep.apply(txn, self.d_depth)
         self.delayed_moved += n
         return touched
 
@@ -959,6 +1015,13 @@ class MailboxService:
         now = _now_ms()
         budget = [SWEEP_BUDGET]
         purged_gids: list[int] = []
+        dep = DepthDelta()
+        result = self._w_sweep_into(txn, now, budget, purged_gids, dep)
+        dep.apply(txn, self.d_depth)
+        return result
+
+    def _w_sweep_into(self, txn, now: int, budget: list, purged_gids: list, dep: DepthDelta):
+        """The work of ``_w_sweep``; -> (purged group ids, True if budget ran out)."""
         cur = txn.cursor(db=self.d_mbexp)
         while budget[0] > 0 and cur.first():
             k = cur.key()
@@ -966,7 +1029,7 @@ class MailboxService:
             if exp > now:
                 break
             nameb = cur.value()
-            finished, gids = self._purge_mailbox(txn, mbid, budget)
+            finished, gids = self._purge_mailbox(txn, mbid, budget, dep)
             if not finished:
                 return purged_gids, True
             purged_gids.extend(gids)
@@ -984,7 +1047,7 @@ class MailboxService:
                 break
             cur.delete()
             budget[0] -= 1
-            if self._drop(txn, mbid, lane, mid):
+            if self._drop(txn, mbid, lane, mid, dep):
                 self.swept_messages += 1
             cur = txn.cursor(db=self.d_msgexp)
         return purged_gids, budget[0] <= 0

@@ -12,34 +12,50 @@ DBs:
 * ``leases``  ``gid(8) | msg_id(8)`` -> ``expiry_ms u64, batch_id u64, deliveries u32, lane u8``
 * ``batches`` ``gid(8) | batch_id(8)`` -> ``expiry_ms u64`` + ``(lane u8, msg_id u64be)`` per entry,
   in the order the FETCH returned them (for the batch-aware ACK)
+* ``lexp``    ``expiry_ms(8) | gid(8) | batch_id(8)`` -> empty: the batches by lease expiry, so that
+  counting outstanding leases (``outstanding``) reads only the batches whose leases have not
+  expired, never the expired leases kept for their delivery counts
 * ``meta``    ``b"batch"`` -> next batch id (u64be); ``b"run"`` -> key of the broker run that last
-  cleared it (``--workers N``: a restarted worker must not drop the other workers' leases)
+  cleared it (``--workers N``: a restarted worker must not drop the other workers' leases);
+  ``b"redelivered"`` -> messages handed out again after their lease expired, since the broker run
+  started (u64be; shared by all workers, reset with the leases)
 """
 from __future__ import annotations
 
 import os
+import struct
 
 import lmdb
 
 from .hot import scan
-from .layout import BATCH_HEAD, BE_U64, LEASE, u64
+from .layout import BATCH_HEAD, BE_U64, BE_U64x2, LANE_ID, LEASE, u64
+
+#: key of the ``lexp`` index: lease expiry, gid, batch id
+LEXP_KEY = struct.Struct(">QQQ")
+REDELIVERED = b"redelivered"
 
 
 class Volatile:
     def __init__(self, path: str, map_size: int = 4 * 1024**3) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
-        self.env = lmdb.open(path, map_size=map_size, max_dbs=4, subdir=True, sync=False,
+        self.env = lmdb.open(path, map_size=map_size, max_dbs=8, subdir=True, sync=False,
                              metasync=False, readahead=False, max_readers=1024)
         self.leases = self.env.open_db(b"leases")
         self.batches = self.env.open_db(b"batches")
         self.meta = self.env.open_db(b"meta")
+        self.lexp = self.env.open_db(b"lexp")
+
+    def _clear(self, txn) -> None:
+        txn.drop(self.leases, delete=False)
+        txn.drop(self.batches, delete=False)
+        txn.drop(self.lexp, delete=False)
+        txn.delete(REDELIVERED, db=self.meta)
 
     def clear(self) -> None:
         """Forget every lease and batch (start-up of the first worker)."""
         with self.env.begin(write=True) as txn:
-            txn.drop(self.leases, delete=False)
-            txn.drop(self.batches, delete=False)
+            self._clear(txn)
 
     def clear_for_run(self, run_key: bytes) -> bool:
         """Clear unless this broker run (``run_key``) already did: one transaction, so of several
@@ -47,8 +63,7 @@ class Volatile:
         with self.env.begin(write=True) as txn:
             if txn.get(b"run", db=self.meta) == run_key:
                 return False
-            txn.drop(self.leases, delete=False)
-            txn.drop(self.batches, delete=False)
+            self._clear(txn)
             txn.put(b"run", run_key, db=self.meta)
             return True
 
@@ -57,6 +72,19 @@ class Volatile:
         n = BE_U64.unpack(raw)[0] if raw is not None else 1
         txn.put(b"batch", u64(n + 1), db=self.meta)
         return n
+
+    def add_batch(self, txn, gid: int, batch_id: int, lease_until: int, redelivered: int) -> None:
+        """After a group FETCH wrote a batch: index it by expiry and count its redeliveries
+        (``redelivered``: how many of its messages had been delivered before)."""
+        txn.put(LEXP_KEY.pack(lease_until, gid, batch_id), b"", db=self.lexp)
+        if redelivered:
+            raw = txn.get(REDELIVERED, db=self.meta)
+            txn.put(REDELIVERED, u64((BE_U64.unpack(raw)[0] if raw is not None else 0) + redelivered),
+                    db=self.meta)
+
+    def _unindex(self, txn, batch_key: bytes, bv) -> None:
+        gid, batch_id = BE_U64x2.unpack(batch_key)
+        txn.delete(LEXP_KEY.pack(BATCH_HEAD.unpack_from(bv, 0)[0], gid, batch_id), db=self.lexp)
 
     def clear_groups(self, gids) -> None:
         """Drop all leases and batches of the given group ids."""
@@ -70,6 +98,8 @@ class Volatile:
                     if not cur.set_range(prefix):
                         continue
                     while cur.key()[:8] == prefix:
+                        if db is self.batches:
+                            self._unindex(txn, cur.key(), cur.value())
                         if not cur.delete():
                             break
 
@@ -78,7 +108,10 @@ class Volatile:
         with self.env.begin(write=True) as txn:
             scan.release(txn.cursor(db=self.leases), u64(gid), msg_ids)
             if batch_key is not None:
-                txn.delete(batch_key, db=self.batches)
+                bv = txn.get(batch_key, db=self.batches)
+                if bv is not None:
+                    self._unindex(txn, batch_key, bv)
+                    txn.delete(batch_key, db=self.batches)
 
     def sweep(self, now_ms: int, keep_ms: int, limit: int = 100000) -> int:
         """Delete leases and batches that expired more than ``keep_ms`` ago; returns the count.
@@ -103,7 +136,51 @@ class Volatile:
                             break
                     elif not cur.next():
                         break
+            cur = txn.cursor(db=self.lexp)  # ordered by expiry: the old entries come first
+            while cur.first() and BE_U64.unpack_from(cur.key(), 0)[0] < cutoff:
+                cur.delete()
         return n
+
+    # -- statistics (read-only, any thread) -------------------------------------------------------
+    def redeliveries(self) -> int:
+        """Messages handed out again after their lease expired, since this broker run started."""
+        with self.env.begin() as txn:
+            raw = txn.get(REDELIVERED, db=self.meta)
+        return BE_U64.unpack(raw)[0] if raw is not None else 0
+
+    def outstanding(self, now_ms: int) -> tuple[int, dict[int, int]]:
+        """Unexpired leases: (total, {gid: count}).
+
+        Walks only the batches whose lease expiry is in the future (``lexp``) and counts their
+        entries whose lease still belongs to that batch (not yet ACKed and released): the cost is
+        the number of messages in flight, whatever the number of stored messages or of expired
+        leases kept for their delivery counts.
+        """
+        total = 0
+        by_gid: dict[int, int] = {}
+        unpack_lease = LEASE.unpack_from
+        with self.env.begin(buffers=True) as txn:
+            idx = txn.cursor(db=self.lexp)
+            leases = txn.cursor(db=self.leases)
+            if not idx.set_range(u64(now_ms + 1)):
+                return 0, by_gid
+            for k in idx.iternext(keys=True, values=False):
+                _exp, gid, batch_id = LEXP_KEY.unpack(k)
+                gp = u64(gid)
+                bv = txn.get(gp + u64(batch_id), db=self.batches)
+                if bv is None:
+                    continue
+                n = 0
+                for off in range(BATCH_HEAD.size, len(bv) - 8, LANE_ID.size):
+                    mid = BE_U64.unpack_from(bv, off + 1)[0]
+                    if leases.set_key(gp + u64(mid)):
+                        exp, owner, _d, _l = unpack_lease(leases.value(), 0)
+                        if owner == batch_id and exp > now_ms:
+                            n += 1
+                if n:
+                    total += n
+                    by_gid[gid] = by_gid.get(gid, 0) + n
+        return total, by_gid
 
     def close(self) -> None:
         self.env.close()

@@ -811,6 +811,44 @@ class Registry:
                         break
             return _reply(out)
 
+    # -- statistics and listing (HTTP side port) ------------------------------------------------
+    def stats(self) -> dict:
+        """``agents``: agent records (an LMDB entry count, cheap enough for every scrape; with
+        ``agent_ttl`` an expired agent counts until the owner's sweep removes it)."""
+        with self.store.read() as txn:
+            return {"agents": int(txn.stat(self.db_agents)["entries"])}
+
+    def list_agents(self, offset: int, limit: int, prefix: str | None = None) -> tuple[int, list[dict]]:
+        """Agents in name order (live ones only, with ``agent_ttl``), names starting with
+        ``prefix``: ``(total, entries)``, each its DISCOVER entry plus ``register_time``."""
+        cutoff = time.time() - self.agent_ttl if self.agent_ttl > 0 else None
+        start = R.TENANT + (prefix or "").encode()
+        items: list[dict] = []
+        seen = 0
+        with self.store.read() as txn:
+            total = int(txn.stat(self.db_agents)["entries"]) if cutoff is None and not prefix else None
+            cur = txn.cursor(db=self.db_agents)
+            found = cur.set_range(start)
+            while found:
+                key = bytes(cur.key())
+                if not key.startswith(start):
+                    break
+                raw = cur.value()
+                if cutoff is None or self._alive(txn, key, cutoff, raw):
+                    if seen >= offset:
+                        if len(items) >= limit:
+                            if total is not None:
+                                break
+                        else:
+                            pieces: list = []
+                            self._entry(pieces, txn, key, raw, None)
+                            entry = json.loads(b"".join(pieces))
+                            entry["register_time"] = R.header(raw)[0]
+                            items.append(entry)
+                    seen += 1
+                found = cur.next()
+        return (seen if total is None else total), items
+
     def _entry(self, out: list, txn, key: bytes, raw, score: float | None) -> None:
         """Append one DISCOVER entry (as byte pieces) to ``out``; ``raw`` is the record."""
         _v, _t, _vid, lb, lp, _lt, _lm = _HDR_UNPACK(raw, 0)

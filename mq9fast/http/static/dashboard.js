@@ -105,9 +105,8 @@
     line("cmdRate", "#8a5cd6"); line("outRate", "#3f8f5a"); line("inRate", "#2f6fde");
   }
 
-  function cell(n, cls, approx) {
-    var pre = approx && n >= 1000 ? "≈ " : "";   // large lanes are estimated from their id span
-    return '<td class="num ' + (n ? cls : "zero") + '">' + pre + fmtNum(n || 0) + "</td>";
+  function cell(n, cls) {
+    return '<td class="num ' + (n ? cls : "zero") + '">' + fmtNum(n || 0) + "</td>";
   }
   function renderMailboxes(r) {
     var rows = r.items || [], now = Date.now() / 1000;
@@ -136,8 +135,7 @@
         return '<span class="group">' + esc(name === "" ? '""' : name) + esc(extra) + "</span>";
       }).join("") || '<span class="muted">–</span>';
       return '<tr><td class="addr">' + esc(m.address) + "</td><td>" + esc(exp) + "</td>" +
-        cell(d.critical, "crit", m.depth_estimated) + cell(d.urgent, "urg", m.depth_estimated) +
-        cell(d.normal, "", m.depth_estimated) +
+        cell(d.critical, "crit") + cell(d.urgent, "urg") + cell(d.normal, "") +
         "<td>" + bar + "</td><td>" + groups + "</td></tr>";
     }).join("");
   }
