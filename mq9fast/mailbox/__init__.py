@@ -99,9 +99,9 @@ Durability and concurrency
   mailboxes on the cluster event bus (``mailbox.visible``, coalesced per loop tick) and the other
   workers wake their long-polls; lease expiry needs no event (leases are in shared LMDB).  Only the
   leader (worker 0) runs the delayed-message timer (it re-reads LMDB at least every second, so
-  delayed messages sent through any worker move on time) and the sweeper.  Leases are cleared by
-  the first worker of a new broker run only (``Volatile.clear_for_run``), never by a restarted
-  worker.
+  delayed messages sent through any worker move on time) and the sweeper.  Leases start empty with
+  each new broker run (``Volatile.open_for_run`` recreates their files), never for a worker
+  restarted within the run.
 * Expiry is checked on every access (``now >= expire``); a sweeper, scheduled at the earliest entry
   of ``mb.mbexp``/``mb.msgexp`` and at least every 30 s, deletes expired mailboxes (all their keys,
   in bounded transactions) and expired messages with their index entries.  Pending delayed messages

@@ -75,11 +75,8 @@ class _SendBulk:
 
 
 class MailboxService:
-    def __init__(self, store, config, *, clear_leases: bool = True) -> None:
-        """``clear_leases``: forget all leases at ``start()`` (True for the only / first worker;
-        later workers of a ``--workers N`` broker must pass False so they keep the others' leases)."""
+    def __init__(self, store, config) -> None:
         self.store = store
-        self.clear_leases = clear_leases
         self.config = config
         self.raw_default = config.payload_encoding == "raw"
         self.default_ttl = int(config.mailbox_default_ttl)
@@ -132,11 +129,11 @@ class MailboxService:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.vol = Volatile(os.path.join(self.store.path, "mailbox-volatile"))
-        if self.cluster is not None:
-            self.vol.clear_for_run(self.cluster.key.encode())
-        elif self.clear_leases:
-            self.vol.clear()
+        # a new broker run starts with no leases (fresh files); a worker restarted within the
+        # run (same cluster key) keeps the other workers' leases
+        run_key = (self.cluster.key if self.cluster is not None else secrets.token_hex(16)).encode()
+        self.vol, _fresh = Volatile.open_for_run(os.path.join(self.store.path, "mailbox-volatile"),
+                                                 run_key)
         self._delay_event = asyncio.Event()
         await self.store.write(self._w_init_depth)
         if self.cluster is None or self.cluster.is_leader:

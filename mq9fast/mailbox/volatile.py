@@ -4,7 +4,9 @@ It lives in ``<data-dir>/mailbox-volatile`` and is opened without fsync (``sync=
 ``metasync=False``): its write transactions are plain memory copies into the page cache, cheap
 enough to run on the event-loop thread inside a group FETCH.  Its contents need not survive a
 restart (DESIGN.md §3.3: after a restart unacknowledged messages are simply available again), so
-``clear()`` empties it at start-up.  Because it is an LMDB environment, every worker process that
+the first process of a broker run starts it from empty files (``open_for_run``) rather than by
+clearing it: never fsynced, the old files may be damaged after a power cut, and LMDB cannot be
+trusted to even open them then.  Because it is an LMDB environment, every worker process that
 opens the same data directory sees the same leases, and LMDB's writer lock serialises the
 "collect + lease" step of group FETCHes across processes.
 
@@ -15,13 +17,13 @@ DBs:
 * ``lexp``    ``expiry_ms(8) | gid(8) | batch_id(8)`` -> empty: the batches by lease expiry, so that
   counting outstanding leases (``outstanding``) reads only the batches whose leases have not
   expired, never the expired leases kept for their delivery counts
-* ``meta``    ``b"batch"`` -> next batch id (u64be); ``b"run"`` -> key of the broker run that last
-  cleared it (``--workers N``: a restarted worker must not drop the other workers' leases);
+* ``meta``    ``b"batch"`` -> next batch id (u64be);
   ``b"redelivered"`` -> messages handed out again after their lease expired, since the broker run
   started (u64be; shared by all workers, reset with the leases)
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 
@@ -33,6 +35,8 @@ from .layout import BATCH_HEAD, BE_U64, BE_U64x2, LANE_ID, LEASE, u64
 #: key of the ``lexp`` index: lease expiry, gid, batch id
 LEXP_KEY = struct.Struct(">QQQ")
 REDELIVERED = b"redelivered"
+#: file beside the environment naming the broker run that created it (``open_for_run``)
+RUN_FILE = "run"
 
 
 class Volatile:
@@ -46,26 +50,35 @@ class Volatile:
         self.meta = self.env.open_db(b"meta")
         self.lexp = self.env.open_db(b"lexp")
 
-    def _clear(self, txn) -> None:
-        txn.drop(self.leases, delete=False)
-        txn.drop(self.batches, delete=False)
-        txn.drop(self.lexp, delete=False)
-        txn.delete(REDELIVERED, db=self.meta)
-
-    def clear(self) -> None:
-        """Forget every lease and batch (start-up of the first worker)."""
-        with self.env.begin(write=True) as txn:
-            self._clear(txn)
-
-    def clear_for_run(self, run_key: bytes) -> bool:
-        """Clear unless this broker run (``run_key``) already did: one transaction, so of several
-        workers starting together exactly one clears.  Returns True if it cleared."""
-        with self.env.begin(write=True) as txn:
-            if txn.get(b"run", db=self.meta) == run_key:
-                return False
-            self._clear(txn)
-            txn.put(b"run", run_key, db=self.meta)
-            return True
+    @classmethod
+    def open_for_run(cls, path: str, run_key: bytes) -> tuple["Volatile", bool]:
+        """Open the environment of broker run ``run_key``: the first process of a run (any
+        other key in ``path/run``) deletes the old files and starts empty; a worker restarted
+        within the run (same key) opens the live environment the other workers share.  A file
+        lock makes concurrent starts of several workers pick exactly one creator.  Returns the
+        environment and whether this call created it."""
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "open.lock"), "ab") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            run_file = os.path.join(path, RUN_FILE)
+            try:
+                with open(run_file, "rb") as f:
+                    fresh = f.read() != run_key
+            except FileNotFoundError:
+                fresh = True
+            if fresh:
+                for name in ("data.mdb", "lock.mdb"):
+                    try:
+                        os.unlink(os.path.join(path, name))
+                    except FileNotFoundError:
+                        pass
+            vol = cls(path)
+            if fresh:
+                tmp = run_file + ".tmp"
+                with open(tmp, "wb") as f:
+                    f.write(run_key)
+                os.replace(tmp, run_file)
+            return vol, fresh
 
     def next_batch(self, txn) -> int:
         raw = txn.get(b"batch", db=self.meta)
