@@ -1,3 +1,4 @@
+from ._router cimport Router
 # Declarations of the compiled delivery path (see _deliver.pyx).
 
 cdef class Conn:
@@ -20,3 +21,9 @@ cdef class Sub:
     cdef public object queue          # bytes or None
     cdef public Py_ssize_t max        # 0 = unlimited (UNSUB <sid> <max>)
     cdef public Py_ssize_t delivered
+
+cdef class Responder:
+    cdef Router router
+    cdef Conn conn
+    cdef object subject               # the request's reply subject (bytes) or None
+    cdef object on_output             # called after a reply was queued (Server.schedule_flush)

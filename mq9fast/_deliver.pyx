@@ -361,3 +361,22 @@ cpdef Py_ssize_t link_frames(list frames, Py_ssize_t start, dict local_by_sid, R
                 deliver_local(router, <bytes>f[1], f[3], f[4], <bytes>f[5], (<tuple>interest)[1])
         i += 1
     return i
+
+
+cdef class Responder:
+    """``respond(body)`` for one mq9 command: the reply goes to the requester's own subscriptions
+    matching the request's reply subject, and nowhere else (PROTOCOL.md §2.1).  No reply subject,
+    or a requester gone meanwhile: nothing is sent.  One compiled call per reply instead of a
+    Python closure per command."""
+
+    def __init__(self, Router router, Conn conn, subject, on_output):
+        self.router = router
+        self.conn = conn
+        self.subject = subject if subject else None
+        self.on_output = on_output
+
+    def __call__(self, bytes body):
+        if self.subject is None or self.conn.closed:
+            return
+        deliver_to_subject(self.router, <bytes>self.subject, body, 0, self.conn)
+        self.on_output()

@@ -8,6 +8,7 @@ services and the store; exit status 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import logging
@@ -85,6 +86,7 @@ class Broker:
             if http_cls is not None:
                 self.http = http_cls(self)
                 await self.http.start()
+        tune_gc()
 
     async def workers_varz(self) -> list[dict]:
         """This worker's ``Server.varz()`` and every other worker's (``--workers N``)."""
@@ -160,6 +162,17 @@ def _die_with_parent() -> None:
         return
     if os.getppid() == 1:  # the supervisor is already gone
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def tune_gc() -> None:
+    """After start-up: move everything allocated so far (modules, the model, indexes) out of the
+    collector's sight (``gc.freeze``) and collect the young generation less often.  The command
+    paths allocate many short-lived objects that never form cycles; with
+    the default threshold (700) the cyclic collector took about a tenth of the broker's CPU under
+    durable SEND load (perf), and ≈ 9% less CPU per SEND was measured with these settings."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20000, 50, 100)
 
 
 def run(config: Config) -> int:

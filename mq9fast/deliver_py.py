@@ -261,3 +261,22 @@ def link_frames(frames: list, start: int, local_by_sid: dict, router, event_sid:
                 deliver_local(router, f[1], f[3], f[4], f[5], interest[1])
         i += 1
     return i
+
+
+class Responder:
+    """``respond(body)`` for one mq9 command: the reply goes to the requester's own subscriptions
+    matching the request's reply subject (twin of the compiled ``Responder``)."""
+
+    __slots__ = ("router", "conn", "subject", "on_output")
+
+    def __init__(self, router, conn: Conn, subject: bytes | None, on_output) -> None:
+        self.router = router
+        self.conn = conn
+        self.subject = subject or None
+        self.on_output = on_output
+
+    def __call__(self, body: bytes) -> None:
+        if self.subject is None or self.conn.closed:
+            return
+        deliver_to_subject(self.router, self.subject, body, 0, self.conn)
+        self.on_output()

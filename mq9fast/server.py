@@ -44,6 +44,7 @@ route_frames = _deliver.route_frames
 deliver_to_subject = _deliver.deliver_to_subject
 deliver_local = _deliver.deliver_local
 link_frames = _deliver.link_frames
+Responder = _deliver.Responder
 remove_sub = _deliver.remove_sub
 OP_PUB, OP_HPUB, OP_SUB, OP_UNSUB = _parser.OP_PUB, _parser.OP_HPUB, _parser.OP_SUB, _parser.OP_UNSUB
 OP_PING, OP_PONG, OP_CONNECT, OP_PROTO_ERROR = (_parser.OP_PING, _parser.OP_PONG, _parser.OP_CONNECT,
@@ -153,9 +154,16 @@ class Client(asyncio.Protocol):
         while i < n:
             i = route_frames(frames, i, core, router)  # plain publishes, compiled
             if i < n:
-                self._frame(frames[i])
-                if core.closed:
-                    break
+                f = frames[i]
+                if f[0] == OP_PUB and core.authed and not core.closed:  # an mq9 command
+                    core.msgs_in += 1
+                    if core.verbose:
+                        core.write(OK)
+                    self.server.command(self, f[1], f[2], 0, f[3])
+                else:
+                    self._frame(f)
+                    if core.closed:
+                        break
                 i += 1
         if self.pongs_due:
             self._answer_pings()
@@ -357,8 +365,15 @@ class Server:
         self.worker_id: int | None = None
 
     def next_cid(self) -> int:
+        """Client ids are unique across the broker: with N workers, worker w hands out
+        w+1, w+1+N, w+1+2N, ... (the id names a connection in logs, /connz-style listings and
+        the INFO ``client_id``)."""
+        cluster = self.cluster
+        if cluster is None:
+            self._cid += 1
+            return self._cid
         self._cid += 1
-        return self._cid
+        return (self._cid - 1) * cluster.nworkers + cluster.worker_id + 1
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -459,12 +474,8 @@ class Server:
             headers, payload = data[:hdr_len], data[hdr_len:]
         else:
             headers, payload = None, data
-
-        def respond(body: bytes) -> None:
-            if reply and not client.closed:
-                self.deliver_to_subject(reply, body, 0, only=client)
-
-        self.control.dispatch(subject, headers, payload, respond)
+        self.control.dispatch(subject, headers, payload,
+                              Responder(self.router, client.core, reply, self.schedule_flush))
 
     # -- keep-alive -----------------------------------------------------------------------------
     async def _pinger(self) -> None:

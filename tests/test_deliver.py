@@ -131,3 +131,24 @@ def test_link_frames_deliver_to_local_interest(mods):
     assert d.link_frames(frames, i + 1, local_by_sid, router, b"E") == 5
     assert bytes(a.out) == (b"MSG ev.1 7 3\r\none\r\nHMSG ev.2 7 inbox 12 15\r\nNATS/1.0\r\n\r\ntwo\r\n"
                             b"MSG ev.4 7 4\r\nfour\r\n")
+
+
+@pytest.mark.parametrize("mods", PAIRS)
+def test_responder_answers_only_the_requester(mods):
+    d, r = mods
+    router = r.Router()
+    dirty: list = []
+    me, other = d.Conn("me", dirty), d.Conn("other", dirty)
+    for conn, sid in ((me, b"1"), (other, b"2")):  # both listen on the same inbox pattern
+        sub = d.Sub(conn, sid, b"_INBOX.x.*", None)
+        conn.subs[sid] = sub
+        router.insert(sub)
+    flushes = []
+    d.Responder(router, me, b"_INBOX.x.7", lambda: flushes.append(1))(b'{"error":""}')
+    assert bytes(me.out) == b'MSG _INBOX.x.7 1 12\r\n{"error":""}\r\n'
+    assert bytes(other.out) == b""
+    assert flushes == [1]
+    d.Responder(router, me, None, flushes.append)(b"{}")  # no reply subject: nothing
+    me.closed = True
+    d.Responder(router, me, b"_INBOX.x.8", flushes.append)(b"{}")  # requester gone: nothing
+    assert flushes == [1] and b"_INBOX.x.8" not in bytes(me.out)
