@@ -6,34 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-import inspect
 import json
 
 import pytest
 
-from mq9fast.config import Config
 from mq9fast.control import Mq9Error
 from mq9fast.mailbox import MailboxService
 from mq9fast.mailbox import service as service_mod
-from mq9fast.storage import Store
-
-
-async def call(result):
-    if inspect.isawaitable(result):
-        result = await result
-    return json.loads(result) if isinstance(result, (bytes, bytearray)) else result
+from test_mailbox_support import call, engine
 
 
 @pytest.fixture
 async def svc(tmp_path):
-    store = Store(str(tmp_path / "data"), map_size=1 << 30)
-    store.start()
-    s = MailboxService(store, Config(data_dir=str(tmp_path / "data")))
-    await s.start()
-    yield s
-    await s.close()
-    await store.drain()
-    store.close()
+    async with engine(tmp_path / "data") as s:
+        yield s
 
 
 def db_entries(svc) -> dict[str, int]:

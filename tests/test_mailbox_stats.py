@@ -5,36 +5,22 @@ and redelivery figures.  In-process, on a real ``Store`` (the wire-level checks 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 
 import pytest
 
-from mq9fast.config import Config
 from mq9fast.mailbox import MailboxService
 from mq9fast.mailbox import service as service_mod
 from mq9fast.mailbox.stats import DEPTH, TOTAL_KEY
-from mq9fast.storage import Store
+from test_mailbox_support import call, engine
 
 LANES = ("critical", "urgent", "normal")
 
 
-async def call(result):
-    if inspect.isawaitable(result):
-        result = await result
-    return json.loads(result) if isinstance(result, (bytes, bytearray)) else result
-
-
 @pytest.fixture
 async def svc(tmp_path):
-    store = Store(str(tmp_path / "data"), map_size=1 << 30, fsync="never")
-    store.start()
-    s = MailboxService(store, Config(data_dir=str(tmp_path / "data")))
-    await s.start()
-    yield s
-    await s.close()
-    await store.drain()
-    store.close()
+    async with engine(tmp_path / "data", fsync="never") as s:
+        yield s
 
 
 def hdr(**opts) -> bytes:

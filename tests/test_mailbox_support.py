@@ -5,6 +5,8 @@ Everything talks to a real broker through nats-py, like an SDK would.
 from __future__ import annotations
 
 import base64
+import contextlib
+import inspect
 import itertools
 import json
 import os
@@ -114,3 +116,30 @@ async def client(shared_broker):
     c = await nats.connect(shared_broker.url, allow_reconnect=False)
     yield c
     await c.close()
+
+
+# -- in-process engine (test_mailbox_engine / test_mailbox_stats) ---------------------------------
+async def call(result):
+    """A service method's reply, awaited if needed, JSON-decoded if encoded."""
+    if inspect.isawaitable(result):
+        result = await result
+    return json.loads(result) if isinstance(result, (bytes, bytearray)) else result
+
+
+@contextlib.asynccontextmanager
+async def engine(path, **store_options):
+    """A ``MailboxService`` on its own LMDB store under ``path`` (no broker, no network)."""
+    from mq9fast.config import Config
+    from mq9fast.mailbox import MailboxService
+    from mq9fast.storage import Store
+
+    store = Store(str(path), map_size=1 << 30, **store_options)
+    store.start()
+    svc = MailboxService(store, Config(data_dir=str(path)))
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.close()
+        await store.drain()
+        store.close()
