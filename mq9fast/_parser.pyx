@@ -218,7 +218,7 @@ cdef class Parser:
         cdef Py_ssize_t s = start, e, i, nargs = 0
         cdef Py_ssize_t a_start[MAX_ARGS]
         cdef Py_ssize_t a_end[MAX_ARGS]
-        cdef int verb
+        cdef int verb, base, nsizes
         cdef long long size, hdr
         cdef Py_ssize_t length = end - start
         while s < end and _is_ws(buf[s]):
@@ -254,72 +254,28 @@ cdef class Parser:
                 i += 1
             a_end[nargs] = i
             nargs += 1
-        if verb == V_PUB:
-            if nargs == 2:
-                size = _size(buf + a_start[1], a_end[1] - a_start[1])
+        if verb == V_PUB or verb == V_HPUB or verb == V_MSG or verb == V_HMSG:
+            # <subject> [<sid>] [<reply>] [<header size>] <total size>: MSG/HMSG carry a sid
+            # after the subject, the H-forms a header size before the total
+            base = 2 if verb == V_MSG or verb == V_HMSG else 1
+            nsizes = 2 if verb == V_HPUB or verb == V_HMSG else 1
+            if nargs == base + nsizes:
                 reply = None
-            elif nargs == 3:
-                size = _size(buf + a_start[2], a_end[2] - a_start[2])
-                reply = data[a_start[1]:a_end[1]]
+            elif nargs == base + nsizes + 1:
+                reply = data[a_start[base]:a_end[base]]
             else:
                 return ERR_PARSER
-            if size < 0:
-                return ERR_PARSER
-            if size > self.max_payload:
-                return ERR_MAX_PAYLOAD
-            self._pending = (OP_PUB, data[a_start[0]:a_end[0]], reply, 0, None)
-            self._need = size + 2
-            return None
-        if verb == V_HPUB:
-            if nargs == 3:
-                hdr = _size(buf + a_start[1], a_end[1] - a_start[1])
-                size = _size(buf + a_start[2], a_end[2] - a_start[2])
-                reply = None
-            elif nargs == 4:
-                hdr = _size(buf + a_start[2], a_end[2] - a_start[2])
-                size = _size(buf + a_start[3], a_end[3] - a_start[3])
-                reply = data[a_start[1]:a_end[1]]
-            else:
-                return ERR_PARSER
+            size = _size(buf + a_start[nargs - 1], a_end[nargs - 1] - a_start[nargs - 1])
+            hdr = _size(buf + a_start[nargs - 2], a_end[nargs - 2] - a_start[nargs - 2]) \
+                if nsizes == 2 else 0
             if hdr < 0 or size < 0 or hdr > size:
                 return ERR_PARSER
             if size > self.max_payload:
                 return ERR_MAX_PAYLOAD
-            self._pending = (OP_HPUB, data[a_start[0]:a_end[0]], reply, hdr, None)
-            self._need = size + 2
-            return None
-        if verb == V_MSG:
-            if nargs == 3:
-                size = _size(buf + a_start[2], a_end[2] - a_start[2])
-                reply = None
-            elif nargs == 4:
-                size = _size(buf + a_start[3], a_end[3] - a_start[3])
-                reply = data[a_start[2]:a_end[2]]
-            else:
-                return ERR_PARSER
-            if size < 0:
-                return ERR_PARSER
-            if size > self.max_payload:
-                return ERR_MAX_PAYLOAD
-            self._pending = (OP_MSG, data[a_start[0]:a_end[0]], reply, 0, data[a_start[1]:a_end[1]])
-            self._need = size + 2
-            return None
-        if verb == V_HMSG:
-            if nargs == 4:
-                hdr = _size(buf + a_start[2], a_end[2] - a_start[2])
-                size = _size(buf + a_start[3], a_end[3] - a_start[3])
-                reply = None
-            elif nargs == 5:
-                hdr = _size(buf + a_start[3], a_end[3] - a_start[3])
-                size = _size(buf + a_start[4], a_end[4] - a_start[4])
-                reply = data[a_start[2]:a_end[2]]
-            else:
-                return ERR_PARSER
-            if hdr < 0 or size < 0 or hdr > size:
-                return ERR_PARSER
-            if size > self.max_payload:
-                return ERR_MAX_PAYLOAD
-            self._pending = (OP_HMSG, data[a_start[0]:a_end[0]], reply, hdr, data[a_start[1]:a_end[1]])
+            op = (OP_PUB if verb == V_PUB else OP_HPUB if verb == V_HPUB
+                  else OP_MSG if verb == V_MSG else OP_HMSG)
+            self._pending = (op, data[a_start[0]:a_end[0]], reply, hdr,
+                             data[a_start[1]:a_end[1]] if base == 2 else None)
             self._need = size + 2
             return None
         if verb == V_SUB:

@@ -39,6 +39,10 @@ OP_PROTO_ERROR = 11
 OP_MSG = 12
 OP_HMSG = 13
 
+#: message verbs -> (op, arguments before the optional reply, trailing size arguments)
+_MSG_VERBS = {b"PUB": (OP_PUB, 1, 1), b"HPUB": (OP_HPUB, 1, 2),
+              b"MSG": (OP_MSG, 2, 1), b"HMSG": (OP_HMSG, 2, 2)}
+
 ERR_UNKNOWN_OP = "Unknown Protocol Operation"
 ERR_PARSER = "Parser Error"
 ERR_CONTROL_LINE = "Maximum Control Line Exceeded"
@@ -156,69 +160,25 @@ class Parser:
             return None
         if len(line) > self.max_control_line:
             return ERR_CONTROL_LINE
-        if verb == b"PUB":
+        if verb in _MSG_VERBS:
+            # <subject> [<sid>] [<reply>] [<header size>] <total size>: MSG/HMSG carry a sid
+            # after the subject, the H-forms a header size before the total
+            op, base, nsizes = _MSG_VERBS[verb]
             args = _split_args(rest)
-            if len(args) == 2:
-                subject, reply, size = args[0], None, _parse_size(args[1])
-            elif len(args) == 3:
-                subject, reply, size = args[0], args[1], _parse_size(args[2])
+            if len(args) == base + nsizes:
+                reply = None
+            elif len(args) == base + nsizes + 1:
+                reply = args[base]
             else:
                 return ERR_PARSER
-            if size < 0:
+            size = _parse_size(args[-1])
+            hdr = _parse_size(args[-2]) if nsizes == 2 else 0
+            if hdr < 0 or size < 0 or hdr > size:
                 return ERR_PARSER
             if size > self.max_payload:
                 return ERR_MAX_PAYLOAD
-            self._pending = (OP_PUB, subject, reply, 0, None)
+            self._pending = (op, args[0], reply, hdr, args[1] if base == 2 else None)
             self._need = size + 2
-            return None
-        if verb == b"HPUB":
-            args = _split_args(rest)
-            if len(args) == 3:
-                subject, reply = args[0], None
-                hdr, total = _parse_size(args[1]), _parse_size(args[2])
-            elif len(args) == 4:
-                subject, reply = args[0], args[1]
-                hdr, total = _parse_size(args[2]), _parse_size(args[3])
-            else:
-                return ERR_PARSER
-            if hdr < 0 or total < 0 or hdr > total:
-                return ERR_PARSER
-            if total > self.max_payload:
-                return ERR_MAX_PAYLOAD
-            self._pending = (OP_HPUB, subject, reply, hdr, None)
-            self._need = total + 2
-            return None
-        if verb == b"MSG":
-            args = _split_args(rest)
-            if len(args) == 3:
-                subject, sid, reply, size = args[0], args[1], None, _parse_size(args[2])
-            elif len(args) == 4:
-                subject, sid, reply, size = args[0], args[1], args[2], _parse_size(args[3])
-            else:
-                return ERR_PARSER
-            if size < 0:
-                return ERR_PARSER
-            if size > self.max_payload:
-                return ERR_MAX_PAYLOAD
-            self._pending = (OP_MSG, subject, reply, 0, sid)
-            self._need = size + 2
-            return None
-        if verb == b"HMSG":
-            args = _split_args(rest)
-            if len(args) == 4:
-                subject, sid, reply = args[0], args[1], None
-                hdr, total = _parse_size(args[2]), _parse_size(args[3])
-            elif len(args) == 5:
-                subject, sid, reply = args[0], args[1], args[2]
-                hdr, total = _parse_size(args[3]), _parse_size(args[4])
-            else:
-                return ERR_PARSER
-            if hdr < 0 or total < 0 or hdr > total:
-                return ERR_PARSER
-            if total > self.max_payload:
-                return ERR_MAX_PAYLOAD
-            self._pending = (OP_HMSG, subject, reply, hdr, sid)
-            self._need = total + 2
             return None
         if verb == b"SUB":
             args = _split_args(rest)
