@@ -18,6 +18,7 @@ Usage::
                                         # (use an empty one: other agents change the ranking)
     python benchmarks/registry_eval.py --json out.json --verbose
     python benchmarks/registry_eval.py --perf 10000   # engine latency/throughput at 10 k agents
+    python benchmarks/registry_eval.py --sweep        # scoring variants, held-out halves
 
 ``--perf N`` registers N synthetic cards (variations of the evaluation cards) in the in-process
 engine and measures REGISTER throughput (64 concurrent), semantic DISCOVER latency (distinct
@@ -109,6 +110,9 @@ async def evaluate(request: Request, data: dict, modes=tuple(MODES), verbose: bo
         elapsed = time.perf_counter() - t0
         results[mode] = {
             **metrics(ranks),
+            # the two halves used for held-out checks (tune on even, report on odd)
+            "even": metrics(ranks[0::2]),
+            "odd": metrics(ranks[1::2]),
             "by_kind": {k: metrics(v) for k, v in sorted(by_kind.items())},
             "no_shared_token": metrics(no_overlap),
             "ms_per_query": 1000.0 * elapsed / max(len(data["intents"]), 1),
@@ -269,14 +273,93 @@ async def perf(args) -> None:
         await close()
 
 
+async def sweep(args) -> None:
+    """Offline variants of the semantic scoring on the vectors the engine made, each chosen on
+    one half of the intents and reported on the other (see ``--sweep``)."""
+    import itertools
+
+    import numpy as np
+
+    from mq9fast.registry import vectors as V
+    from mq9fast.registry.text import embed_texts
+
+    data = load_set(Path(args.set))
+    request, close, reg = await engine_request(args.embedder, args.model_dir)
+    try:
+        for a in data["agents"]:
+            await request("REGISTER", a["body"])
+        names = [agent_name(a["body"]) for a in data["agents"]]
+        vec = reg.vec
+        slots = [vec.slot_of[reg.known[n][1]] for n in names]
+        cards = vec.matrix[slots].copy()
+        parts = [vec.parts[s] for s in slots]
+        plen = [[len(t.split()) for t in embed_texts(a["body"])[1:]] for a in data["agents"]]
+        queries = [i["query"] for i in data["intents"]]
+        qv = np.vstack([await reg.embed.embed([q], query=True) for q in queries])
+        want = np.array([names.index(i["expect"]) for i in data["intents"]])
+        bm = np.zeros((len(queries), len(names)), dtype=np.float32)
+        for i, q in enumerate(queries):
+            for n, sc in reg.text.search(tokens(q), len(names))[0]:
+                bm[i, names.index(n)] = sc
+        bm /= np.maximum(bm.max(axis=1, keepdims=True), 1e-9)
+    finally:
+        await close()
+
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    def scores(w: float, k: float, center: bool, b: float) -> np.ndarray:
+        mu = cards.mean(axis=0) if center else 0.0
+        q, c = unit(qv - mu), unit(cards - mu)
+        out = q @ c.T
+        for j, p in enumerate(parts):
+            if p is None or not len(p):
+                continue
+            ps = q @ unit(p - mu).T
+            if k:  # shrink short parts towards the card score: n / (n + k) of their own
+                n = np.array(plen[j][:ps.shape[1]], dtype=np.float32)[None, :]
+                ps = (n / (n + k)) * ps + (k / (n + k)) * out[:, j:j + 1]
+            out[:, j] = (1.0 - w) * out[:, j] + w * ps.max(axis=1)
+        return out + b * bm
+
+    def evaluate_ranks(s: np.ndarray) -> np.ndarray:
+        better = (s > s[np.arange(len(s)), want][:, None]).sum(axis=1)
+        return better + 1  # ties counted in our favour (as many as any other scoring)
+
+    grid = list(itertools.product((0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0), (0.0, 1.0, 2.0, 3.0),
+                                  (False, True), (0.0, 0.02, 0.05, 0.1, 0.2)))
+    rows = []
+    for cfg in grid:
+        r = evaluate_ranks(scores(*cfg))
+        rows.append((cfg, metrics(list(r[0::2])), metrics(list(r[1::2])), metrics(list(r))))
+
+    def fmt(m):
+        return f"{m['recall@1']:.3f}/{m['recall@5']:.3f}/{m['mrr']:.3f}"
+
+    label = "part_weight, short-part shrink k, centering, BM25 weight"
+    current = next(row for row in rows if row[0] == (V.PART_WEIGHT, 0.0, False, 0.0))
+    print(f"{len(grid)} variants ({label}); R@1/R@5/MRR")
+    print(f"  current {current[0]}: even {fmt(current[1])}  odd {fmt(current[2])}  "
+          f"all {fmt(current[3])}")
+    for tune, test, tn, sn in ((1, 2, "even", "odd"), (2, 1, "odd", "even")):
+        rows.sort(key=lambda row: (-row[tune]["recall@1"], -row[tune]["mrr"]))
+        best = rows[0]
+        print(f"  best on {tn} {best[0]}: {tn} {fmt(best[tune])}  -> held-out {sn} "
+              f"{fmt(best[test])}  all {fmt(best[3])}")
+    rows.sort(key=lambda row: (-row[3]["recall@1"], -row[3]["mrr"]))
+    print(f"  best on all (optimistic) {rows[0][0]}: all {fmt(rows[0][3])}")
+
+
 def table(results: dict[str, Any]) -> str:
     lines = [f"{'mode':<10} {'R@1':>6} {'R@5':>6} {'MRR':>6}   {'no-shared-token R@1/R@5':>24}  "
-             f"{'ms/q':>6}"]
+             f"{'ms/q':>6}   {'even R@1/MRR':>13} {'odd R@1/MRR':>13}"]
     for mode, r in results.items():
         ns = r["no_shared_token"]
+        ev, od = r["even"], r["odd"]
         lines.append(f"{mode:<10} {r['recall@1']:6.3f} {r['recall@5']:6.3f} {r['mrr']:6.3f}   "
                      f"{ns['recall@1']:10.3f}/{ns['recall@5']:.3f} (n={ns['n']:>3})  "
-                     f"{r['ms_per_query']:6.2f}")
+                     f"{r['ms_per_query']:6.2f}   {ev['recall@1']:6.3f}/{ev['mrr']:.3f} "
+                     f"{od['recall@1']:6.3f}/{od['mrr']:.3f}")
     kinds = sorted({k for r in results.values() for k in r["by_kind"]})
     for k in kinds:
         cells = "  ".join(f"{mode}: {r['by_kind'][k]['recall@1']:.2f}/{r['by_kind'][k]['recall@5']:.2f}"
@@ -323,6 +406,10 @@ def main() -> None:
     p.add_argument("--perf", type=int, metavar="N", help="engine performance at N agents")
     p.add_argument("--queries", type=int, default=300, help="semantic queries timed by --perf")
     p.add_argument("--data-dir", help="--perf: keep the engine's LMDB here (reused next time)")
+    p.add_argument("--sweep", action="store_true",
+                   help="offline variants of the semantic scoring (part weight, short-part "
+                        "shrinkage, centering, BM25 score fusion), tuned on one half of the "
+                        "intents and reported on the other")
     p.add_argument("--check-overlap", action="store_true",
                    help="list paraphrase intents that share a token with their card")
     args = p.parse_args()
@@ -331,7 +418,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(perf(args) if args.perf else main_async(args))
+    asyncio.run(perf(args) if args.perf else sweep(args) if args.sweep else main_async(args))
 
 
 if __name__ == "__main__":

@@ -41,12 +41,14 @@ Embedding (``embed``)
     indexer embeds it).  Without the package (or with ``embedder="hash"``) a deterministic hashed
     word + trigram embedder is used.  The embedding thread takes everything queued when it picks
     up work: all waiting queries first (one run, or a few if they exceed a token budget), then
-    documents in length-sorted batches of at most ~1 k padded tokens (queries that arrive meanwhile
-    go between two document batches).  The model is compute-bound (~3.5 k tokens/s per core
-    whatever the batch shape), so batching saves per-run overhead, not model time: a query costs
-    ~4.5 ms of CPU, a typical card ~25 ms (card + parts).  Query vectors are cached (LRU 2048),
-    and so are document texts (LRU 8192): a re-REGISTER of an unchanged card, or skill names and
-    descriptions shared by many instances of one kind of agent, cost no model time.
+    documents in length-sorted batches of at most 384 padded tokens, cut wherever padding would
+    cost more than a separate run (queries that arrive meanwhile go between two document
+    batches); identical texts of concurrent REGISTERs are embedded once.  The model is
+    compute-bound (~3.8 k tokens/s per core), so the savings are in tokens: a part that makes up
+    at least 3/4 of the card's words reuses the card vector, and a re-REGISTER reuses the stored
+    vectors of unchanged texts (also after a restart).  A query costs ~4.5 ms of CPU, a typical
+    card ~14 ms (card + parts; REGISTER ≈ 70/s per core in benchmarks/run.py).  Query vectors
+    are cached (LRU 2048), and so are document texts (LRU 8192).
 
 The vector index file
     ``<data_dir>/registry.usearch``: written to a temp file, fsynced, renamed, then

@@ -15,9 +15,15 @@ are stale and get re-embedded.
 
 ``EmbedService`` owns one worker thread.  The model loads on that thread in the background (the
 broker does not wait for it).  ``await embed(texts, query=...)`` queues texts; whenever the thread
-picks up work it takes *everything* waiting - queries first, in one batch, then documents in
-length-sorted batches of bounded token budget - so concurrent REGISTERs and DISCOVERs share model
-runs.  Query vectors are cached (LRU) because agents repeat intents.
+picks up work it takes *everything* waiting - queries first, in one batch, then the distinct
+document texts in length-sorted batches of bounded token budget, cut wherever padding to the
+next text would cost more than a run of its own - so concurrent REGISTERs and DISCOVERs share
+model runs without padding short skill names to the length of whole cards.  Query vectors are
+cached (LRU) because agents repeat intents; document vectors too.  ``await embed_card(rows,
+known)`` embeds the rows of one card: a part that is most of the card text takes the card's vector
+(``text.embed_sources``), rows in ``known`` (the agent's previous registration) are not embedded
+again.  The model is compute-bound (~3.8 k tokens/s on one core), so model time is tokens: a
+benchmark card (one ~44-token description and a 2-word name) costs ~12.6 ms instead of ~35 ms.
 """
 from __future__ import annotations
 
@@ -45,11 +51,19 @@ MINILM_DIM = 384
 VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
 VOCAB_PATH = Path(__file__).with_name("vocab.txt")
 MAX_TOKENS = 256            # all-MiniLM-L6-v2 was trained with max_seq_length 256
-# The model is compute-bound (~3.5 k tokens/s on one core whatever the batch shape), so batches
-# only save per-run overhead; they are kept small so a query never waits long behind them.
-DOC_BATCH_TOKENS = 1024     # padded tokens per document batch (~0.3 s of model time)
+# The model is compute-bound (~3.5-3.9 k tokens/s on one core whatever the batch shape), so
+# batches only save per-run overhead; they are kept small so a query never waits long behind
+# them.  Measured on one pinned core (sorted batches of card texts): 384 padded tokens per run
+# 3.9 k tok/s, 256: 3.87 k, 1024: 3.6 k, 128: 3.7 k.
+DOC_BATCH_TOKENS = 384      # padded tokens per document batch (~0.1 s of model time)
 QUERY_BATCH_TOKENS = 512    # padded tokens per query batch
 DOC_BATCH_MAX = 64
+#: the fixed cost of one model run in tokens of model time (one 4-token text alone: 3.1 ms, eight
+#: of them in one run: 10 ms, so ~2 ms ~ 8 tokens at ~3.8 k tokens/s).  A document batch is cut
+#: where padding the batch to the next (longer) text would cost more than a run of its own: cards
+#: of one long text and short skill names otherwise pad every name to the card's length (measured
+#: with 8 concurrent REGISTERs of the benchmark cards: 26 k padded tokens for 14 k real ones).
+RUN_OVERHEAD_TOKENS = 8
 QUERY_CACHE = 2048
 #: document texts -> vectors (LRU).  A re-REGISTER of an unchanged card, and the skill names and
 #: descriptions shared by many instances of one kind of agent, then cost no model time.
@@ -199,13 +213,12 @@ def load_embedder(kind: str, model_dir: str | None) -> Any:
 
 
 class _Job:
-    __slots__ = ("texts", "query", "future", "ids", "result")
+    __slots__ = ("texts", "query", "future", "result")
 
     def __init__(self, texts: list[str], query: bool, future: asyncio.Future) -> None:
         self.texts = texts
         self.query = query
         self.future = future
-        self.ids: list[list[int]] | None = None
         self.result: np.ndarray | None = None
 
 
@@ -226,6 +239,7 @@ class EmbedService:
         self._cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         self._doc_cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         self.doc_cache_hits = 0
+        self.reused = 0  # card rows that needed no model run (aliased or known, ``embed_card``)
         # statistics
         self.runs = 0
         self.texts = 0
@@ -322,6 +336,38 @@ class EmbedService:
             self._cv.notify()
         return fut
 
+    async def embed_card(self, texts: list[str],
+                         known: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The (rows, dim) vectors of a card's ``text.embed_texts`` rows.
+
+        Each distinct row is embedded once: a part that is most of the card takes the card's
+        vector (``text.embed_sources``), and a row found in ``known`` (text -> vector, e.g. the
+        previous registration of the same agent, made by this embedder) is not embedded again.
+        What is left goes to the model in one job, so it shares padded, length-sorted runs with
+        every other card and query waiting at that moment."""
+        src = textmod.embed_sources(texts)
+        todo: list[int] = []
+        have: dict[int, np.ndarray] = {}
+        for i, s in enumerate(src):
+            if s != i:
+                continue
+            v = known.get(texts[i]) if known else None
+            if v is not None and len(v) == self.dim:
+                have[i] = v
+            else:
+                todo.append(i)
+        self.reused += len(texts) - len(todo)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if todo:
+            got = await self.embed([texts[i] for i in todo])
+            out[todo] = got
+        for i, v in have.items():
+            out[i] = v
+        for i, s in enumerate(src):
+            if s != i:
+                out[i] = out[s]
+        return out
+
     # -- worker thread ----------------------------------------------------------------------------
     def _resolve(self, job: _Job, value: Any) -> None:
         def done() -> None:
@@ -414,12 +460,14 @@ class EmbedService:
             i += len(j.texts)
 
     def _run_docs(self, emb: Any, jobs: list[_Job]) -> None:
-        """Documents: sorted by length, in batches of bounded padded size; between batches any
-        newly queued queries go first."""
+        """Documents: each distinct text once (concurrent REGISTERs of one kind of agent share
+        skill texts), sorted by length, in batches of bounded padded size that are cut where
+        padding would cost more than a run (``RUN_OVERHEAD_TOKENS``); between batches any newly
+        queued queries go first."""
         if not isinstance(emb, MiniLMEmbedder):
             self._run_batch(emb, jobs)
             return
-        items = []  # (length, job index, text index, ids)
+        by_text: dict[str, list] = {}  # text -> [length, ids, [(job index, text index), ...]]
         for ji, j in enumerate(jobs):
             try:
                 ids = emb.encode(j.texts)
@@ -427,37 +475,43 @@ class EmbedService:
                 self._resolve(j, exc)
                 continue
             j.result = np.zeros((len(j.texts), emb.dim), dtype=np.float32)
-            j.ids = ids
-            for ti, x in enumerate(ids):
-                items.append((len(x), ji, ti, x))
-        items.sort(key=lambda it: it[0])
+            for ti, (t, x) in enumerate(zip(j.texts, ids)):
+                it = by_text.get(t)
+                if it is None:
+                    by_text[t] = [len(x), x, [(ji, ti)]]
+                else:
+                    it[2].append((ji, ti))
+        items = sorted(by_text.values(), key=lambda it: it[0])
         remaining = {ji: len(j.texts) for ji, j in enumerate(jobs) if j.result is not None}
         failed: set[int] = set()
         start = 0
         while start < len(items):
             end = start + 1
             while (end < len(items) and end - start < DOC_BATCH_MAX
-                   and items[end][0] * (end - start + 1) <= DOC_BATCH_TOKENS):
+                   and items[end][0] * (end - start + 1) <= DOC_BATCH_TOKENS
+                   and (items[end][0] - items[end - 1][0]) * (end - start)
+                   <= RUN_OVERHEAD_TOKENS):
                 end += 1
             chunk = items[start:end]
             try:
-                vecs = emb.run([it[3] for it in chunk])
+                vecs = emb.run([it[1] for it in chunk])
                 self._count(len(chunk))
             except Exception as exc:  # noqa: BLE001
                 log.exception("embedding failed")
                 vecs = None
                 for it in chunk:
-                    if it[1] not in failed:
-                        failed.add(it[1])
-                        self._resolve(jobs[it[1]], exc)
+                    for ji, _ti in it[2]:
+                        if ji not in failed:
+                            failed.add(ji)
+                            self._resolve(jobs[ji], exc)
             for k, it in enumerate(chunk):
-                ji = it[1]
-                if ji in failed:
-                    continue
-                jobs[ji].result[it[2]] = vecs[k]
-                remaining[ji] -= 1
-                if remaining[ji] == 0:
-                    self._resolve(jobs[ji], jobs[ji].result)
+                for ji, ti in it[2]:
+                    if ji in failed:
+                        continue
+                    jobs[ji].result[ti] = vecs[k]
+                    remaining[ji] -= 1
+                    if remaining[ji] == 0:
+                        self._resolve(jobs[ji], jobs[ji].result)
             start = end
             # let queries that arrived meanwhile jump the queue
             with self._cv:

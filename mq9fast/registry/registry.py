@@ -15,7 +15,7 @@ from typing import Any, Callable
 from ..control import Mq9Error
 from . import records as R
 from .embed import EmbedService
-from .text import TextIndex, embed_texts, tokens
+from .text import TextIndex, embed_sources, embed_texts, tokens
 from .vectors import BRUTE_MAX, INDEX_FILE, SAVE_DELAY, VectorIndex, meta_dumps, meta_loads
 
 log = logging.getLogger("mq9fast.registry")
@@ -142,6 +142,9 @@ class Registry:
         self.text = TextIndex()
         self.vec: VectorIndex | None = None
         self.known: dict[str, tuple[float, int]] = {}  # name -> (reg_time, vec_id) applied
+        #: name -> its DISCOVER entry prefix (``records``), so search replies are spliced
+        #: without reading the records again
+        self.prefixes: dict[str, bytes] = {}
         self.pending: set[str] = set()  # names without a vector of the current embedder
         self.applied_seq = -1
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -249,6 +252,7 @@ class Registry:
     def _reload(self, txn, seq: int) -> None:
         self.text = TextIndex()
         self.known = {}
+        self.prefixes = {}
         self.pending = set()
         if self.vec is not None:
             self.vec = VectorIndex(self.vec.dim, self.vec.tag)
@@ -265,6 +269,7 @@ class Registry:
             if old is None:
                 return
             del self.known[name]
+            self.prefixes.pop(name, None)
             self.text.remove(name)
             self.pending.discard(name)
             if vec is not None and old[1]:
@@ -275,7 +280,9 @@ class Registry:
         if old == (reg_time, vec_id):
             return
         if old is None or old[0] != reg_time:
-            self.text.upsert(name, tokens(R.unpack_record(raw).text))
+            rec = R.unpack_record(raw)
+            self.text.upsert(name, tokens(rec.text))
+            self.prefixes[name] = rec.prefix
         self.known[name] = (reg_time, vec_id)
         if vec is None:
             return
@@ -403,11 +410,9 @@ class Registry:
                 continue
             tag = self.vec.tag
             try:
-                flat = await self.embed.embed([t for _, _, ts in items for t in ts])
-                vecs, i = [], 0
-                for _, _, ts in items:
-                    vecs.append(flat[i:i + len(ts)])
-                    i += len(ts)
+                # one job per card; the embedding thread runs them together
+                vecs = list(await asyncio.gather(*(self.embed.embed_card(ts)
+                                                   for _, _, ts in items)))
             except Exception:  # noqa: BLE001
                 log.exception("embedding pending cards failed; retrying later")
                 await asyncio.sleep(5)
@@ -607,7 +612,8 @@ class Registry:
         if await self.embed.wait_ready(REGISTER_EMBED_WAIT) and not self._closed:
             tag = self.embed.tag
             try:
-                vec = await self.embed.embed(texts if text else [name])
+                vec = await self.embed.embed_card(texts if text else [name],
+                                                  self._previous_vectors(name, tag))
             except Exception:  # noqa: BLE001 - stored now, embedded by the indexer later
                 log.exception("embedding a card failed")
                 vec = None
@@ -636,6 +642,29 @@ class Registry:
         with self.store.read() as txn:
             self._refresh(txn)
         return _OK
+
+    def _previous_vectors(self, name: str, tag: str) -> dict | None:
+        """text -> vector of the agent's current registration (made by embedder ``tag``), so a
+        re-REGISTER embeds only the texts that changed - also after a restart, when the
+        embedder's in-memory document cache is empty."""
+        with self.store.read() as txn:
+            raw = txn.get(R.agent_key(name), db=self.db_agents)
+            if raw is None or not R.header(raw)[1]:
+                return None
+            rec = R.unpack_record(raw)
+            vraw = txn.get(R.U64BE.pack(rec.vec_id), db=self.db_vec)
+            vecs = R.unpack_vec(vraw, tag, self.embed.dim) if vraw is not None else None
+        if vecs is None:
+            return None
+        try:
+            texts = embed_texts(json.loads(rec.body)) if rec.text else [name]
+        except ValueError:
+            return None
+        if len(texts) != len(vecs):
+            return None  # written by another version of embed_texts: rows do not line up
+        # rows that took the card's vector (``text.embed_sources``) are not their text's own
+        return {t: vecs[i] for i, (t, src) in enumerate(zip(texts, embed_sources(texts)))
+                if src == i}
 
     async def unregister(self, payload: bytes) -> dict:
         cmd = "AGENT.UNREGISTER"
@@ -762,24 +791,41 @@ class Registry:
             self._refresh(txn)
             get = txn.get
             db_agents = self.db_agents
+            db_reports = self.db_reports
+            prefixes = self.prefixes  # in step with this snapshot after _refresh
             tenant = R.TENANT
             need = skip + limit
             while True:
                 ranked, total = rank(need)
                 out: list = []
+                append = out.append
                 count = 0
                 seen = 0
                 for name, score in ranked:
+                    prefix = prefixes.get(name)
+                    if prefix is None:
+                        continue
                     key = tenant + name.encode()
-                    raw = get(key, db=db_agents)
-                    if raw is None:
-                        continue
-                    if cutoff is not None and not self._alive(txn, key, cutoff, raw):
-                        continue
+                    if cutoff is not None:
+                        raw = get(key, db=db_agents)
+                        if raw is None or not self._alive(txn, key, cutoff, raw):
+                            continue
                     if seen < skip:
                         seen += 1
                         continue
-                    self._entry(out, txn, key, raw, score if with_score else None)
+                    # = self._entry(out, txn, key, raw, score), inlined (the hot path)
+                    append(b",{" if count else b"{")
+                    append(prefix)
+                    if with_score:
+                        append(b',"score":%.6f' % score if score == score and abs(score) < 1e300
+                               else b',"score":0.0')
+                    rep = get(key, db=db_reports)
+                    if rep is None:
+                        append(b',"last_report":null,"last_report_time":null}')
+                    else:
+                        append(b',"last_report":')
+                        append(rep[8:])
+                        append(b',"last_report_time":%d}' % _F64_UNPACK(rep, 0)[0])
                     count += 1
                     if count >= limit:
                         break
