@@ -792,7 +792,7 @@ def run_connections(ctx: Ctx, selected: list[str]) -> None:
     """Idle connections + one active requester (the [workers] issue).  One process can hold at
     most fds_per_process() connections (hard RLIMIT_NOFILE, 20 000 on the reference VM), so for
     more than that mq9fast runs with enough SO_REUSEPORT workers that the kernel's spread leaves
-    each one 15% below its limit, and the generator holds the idle connections in as many
+    each one 10% below its limit, and the generator holds the idle connections in as many
     processes.  nats-server is one process: it is measured at the largest count it can hold here
     when asked for more (the row's note says so)."""
     if "connections" not in selected:
@@ -800,7 +800,7 @@ def run_connections(ctx: Ctx, selected: list[str]) -> None:
     n = ctx.args.connections
     per_proc = fds_per_process()
     procs = -(-n // per_proc)
-    workers = -(-n // int(per_proc * 0.85)) if n > per_proc else 0
+    workers = -(-n // int(per_proc * 0.9)) if n > per_proc else 0
     peer_n = min(n, per_proc)
     res: dict[str, dict] = {}
 
