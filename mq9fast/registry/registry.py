@@ -16,7 +16,8 @@ from ..control import Mq9Error
 from . import records as R
 from .embed import EmbedService
 from .text import TextIndex, embed_sources, embed_texts, tokens
-from .vectors import BRUTE_MAX, INDEX_FILE, SAVE_DELAY, VectorIndex, meta_dumps, meta_loads
+from .vectors import (BRUTE_MAX, INDEX_FILE, SAVE_DELAY, VectorIndex, meta_dumps, meta_loads,
+                      open_index_file)
 
 log = logging.getLogger("mq9fast.registry")
 
@@ -135,6 +136,10 @@ class Registry:
             owner = os.environ.get("MQ9FAST_WORKER_ID", "0").strip() in ("", "0")
         self.owner = owner
         self.agent_ttl = float(getattr(config, "agent_ttl", 0.0) or 0.0)
+        #: semantic DISCOVER scans every card vector up to this many; above, the usearch index
+        #: picks the candidates (the owner's own copy; a view of the published file elsewhere)
+        exact_max = getattr(config, "vector_exact_max", None)
+        self.brute_max = BRUTE_MAX if exact_max is None else max(int(exact_max), 0)
         self.default_ranking = DEFAULT_RANKING
         self.index_path = os.path.join(store.path, INDEX_FILE)
         self.embed = EmbedService(getattr(config, "embedder", "auto") or "auto",
@@ -155,6 +160,10 @@ class Registry:
         self._saving: asyncio.Task | None = None
         self._closed = False
         self.index_version = 0
+        #: non-owner: the open of the published file in flight, and the (VectorIndex, raw
+        #: ``reg.meta["index"]``) last acted on (one attempt per published version)
+        self._view_opening: asyncio.Future | None = None
+        self._view_seen: tuple[Any, Any] = (None, None)
         self._rank_cache: dict = {}
         self._rank_cache_seq = -1
         # statistics
@@ -204,6 +213,13 @@ class Registry:
                 await self._saving
             except BaseException:  # noqa: BLE001
                 pass
+        if self._view_opening is not None:
+            try:
+                await self._view_opening  # its callback releases what it opened (closed)
+            except BaseException:  # noqa: BLE001
+                pass
+        if self.vec is not None:
+            self.vec.close_view()
         if self.owner and self.vec is not None and self.vec.dirty and self.vec.usearch is not None:
             try:
                 await self._save_index()
@@ -255,6 +271,7 @@ class Registry:
         self.prefixes = {}
         self.pending = set()
         if self.vec is not None:
+            self.vec.close_view()
             self.vec = VectorIndex(self.vec.dim, self.vec.tag)
             if self.owner and self._pool is not None:
                 self.vec.attach(self._pool, self.index_path, None)
@@ -309,6 +326,8 @@ class Registry:
         if self._closed or fut.cancelled() or fut.exception() is not None:
             return
         emb = fut.result()
+        if self.vec is not None:
+            self.vec.close_view()
         self.vec = VectorIndex(emb.dim, emb.tag)
         with self.store.read() as txn:
             self._refresh(txn)
@@ -321,6 +340,8 @@ class Registry:
         if self.owner:
             attached = self.vec.attach(self._pool, self.index_path, meta)
             attached.add_done_callback(self._attached)
+        elif len(self.vec) > self.brute_max:
+            self._check_view(self.vec)
 
     def _attached(self, fut) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -362,6 +383,49 @@ class Registry:
 
         self.index_version = await self.store.write(publish)
 
+    # ------------------------------------------------------------------------------------------
+    # the published file as a read-only view (the other workers)
+    # ------------------------------------------------------------------------------------------
+    def _check_view(self, vec: VectorIndex) -> None:
+        """Open the published file (in the background) when ``reg.meta["index"]`` changed since
+        the last look; the current view, or the exact scan, answers meanwhile.  One LMDB get."""
+        if self._view_opening is not None or self._closed or self.owner:
+            return
+        with self.store.read() as txn:
+            raw = txn.get(R.META_INDEX, db=self.db_meta)
+            raw = bytes(raw) if raw is not None else None
+        seen_vec, seen_raw = self._view_seen
+        if seen_vec is vec and seen_raw == raw:
+            return
+        self._view_seen = (vec, raw)  # a failed open is retried at the next publication only
+        meta = meta_loads(raw)
+        if not meta:
+            return
+        version = int(meta.get("version", 0))
+        if vec.view is not None and vec.view_version == version:
+            return
+        fut = self._loop.run_in_executor(None, open_index_file, self.index_path, meta, vec.dim,
+                                         vec.tag, True)
+        self._view_opening = fut
+        fut.add_done_callback(lambda f: self._view_opened(f, vec, version))
+
+    def _view_opened(self, fut: asyncio.Future, vec: VectorIndex, version: int) -> None:
+        self._view_opening = None
+        if fut.cancelled():
+            return
+        if fut.exception() is not None:
+            log.error("opening the vector index view failed", exc_info=fut.exception())
+            return
+        index = fut.result()
+        if index is None:
+            log.debug("vector index file version %d not usable here; exact search", version)
+            return
+        if self._closed or self.vec is not vec:
+            index.reset()
+            return
+        vec.set_view(index, version)
+        self.index_version = version
+
     def index_info(self) -> dict:
         """Statistics for metrics / admin."""
         vec = self.vec
@@ -371,6 +435,8 @@ class Registry:
             "pending_vectors": len(self.pending),
             "embedder": self.embed.tag,
             "index_version": self.index_version,
+            "index_view_version": vec.view_version if vec is not None and vec.view is not None
+            else None,
             "index_file": self.index_path,
             "seq": self.applied_seq,
             "embed_runs": self.embed.runs,
@@ -749,20 +815,32 @@ class Registry:
             return self._collect(self._text_ranker(query), skip, limit, True)
         qv = (await self.embed.embed([query], query=True))[0]
         vec = self.vec
-        use_usearch = len(vec) > BRUTE_MAX and vec.idle and vec.usearch is not None
+        large = len(vec) > self.brute_max
         approx = None
-        if use_usearch:
-            approx = await vec.search_usearch(qv, skip + limit + 64)
+        if large and self.owner:
+            if vec.idle and vec.usearch is not None:
+                approx = await vec.search_usearch(qv, skip + limit + 64)
+        elif large:
+            self._check_view(vec)
         qt = tokens(query) if ranking == "hybrid" else None
+
+        def first(need: int) -> list[tuple[str, float]]:
+            # a non-owner's view: searched after ``_refresh``, so the vectors newer than the
+            # file are in ``view_delta`` and the deleted ones are filtered out
+            if not self.owner and len(vec) > self.brute_max and vec.view_usable():
+                got = vec.search_view(qv, need)
+                if len(got) >= min(need, len(vec)):
+                    return got
+            return vec.search(qv, need)
 
         def rank(need: int) -> tuple[list[tuple[str, float]], int]:
             total = len(vec) + len(self.pending)
             if qt is not None:
-                ranked = self._fuse(vec.search(qv, max(need, 100)), qt, need)
+                ranked = self._fuse(first(max(need, 100)), qt, need)
             elif approx is not None and need <= len(approx):
                 ranked = approx
             else:
-                ranked = vec.search(qv, need)
+                ranked = first(need)
             if len(ranked) < need and self.pending:
                 ranked = ranked + [(n, 0.0) for n in sorted(self.pending)]
             return ranked, total
