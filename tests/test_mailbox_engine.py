@@ -65,6 +65,9 @@ async def test_expired_mailbox_is_physically_purged(svc):
 
 async def test_large_purge_runs_in_several_commits(svc, monkeypatch):
     monkeypatch.setattr(service_mod, "SWEEP_BUDGET", 50)
+    for task in svc._tasks:  # this test counts the purge rounds itself: no background sweeper
+        if task.get_name() == "mq9-sweep":
+            task.cancel()
     t0 = time.monotonic()
     await call(svc.create(b'{"name":"big","ttl":4}'))  # room for 400 SENDs on a loaded machine
     await asyncio.gather(*(call(svc.send("big", None, b"%d" % i)) for i in range(400)))
