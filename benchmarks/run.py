@@ -53,6 +53,7 @@ ALL_SCENARIOS = [
     "send_durable_1",
     "send_durable_32",
     "send_durable_256",
+    "send_interval_256",
     "fetch_ack",
     "register",
     "discover_text_1k",
@@ -656,7 +657,10 @@ def run_core(ctx: Ctx, selected: list[str]) -> None:
 def run_durable(ctx: Ctx, selected: list[str]) -> None:
     sends = [s for s in selected if s.startswith("send_durable_")]
     fetch = "fetch_ack" in selected
-    if not sends and not fetch:
+    # send_interval_256: mq9fast with --fsync interval (synced every 200 ms: the same class of
+    # policy as JetStream's default, which syncs every 2 minutes) against JetStream's default
+    interval = "send_interval_256" in selected
+    if not sends and not fetch and not interval:
         return
     secs, warm = ctx.secs(), ctx.warm()
     fetch_n = ctx.args.fetch_count or (20000 if ctx.quick else 100000)
@@ -673,8 +677,13 @@ def run_durable(ctx: Ctx, selected: list[str]) -> None:
                 b, "mq9fetch", {"count": fetch_n, "batch": 100, "size": 128, "mailbox": "bench.fetch"},
                 engine=False, timeout=600, label="fetch_ack", best="rate")
 
-    def js_body(b: Broker, with_fetch: bool) -> None:
-        for s in sends:
+    def interval_body(b: Broker) -> None:
+        res[("send_interval_256", b.name)] = ctx.gen(
+            b, "mq9send", {"inflight": 256, "size": 128, "seconds": secs, "warmup": warm,
+                           "mailbox": "bench.send.interval"}, label="send_interval_256", best="rate")
+
+    def js_body(b: Broker, js_sends: list[str], with_fetch: bool) -> None:
+        for s in js_sends:
             k = int(s.rsplit("_", 1)[1])
             res[(s, b.name)] = ctx.gen(b, "jspub", {"inflight": k, "size": 128, "seconds": secs,
                                                     "warmup": warm, "stream": f"SEND{k}"}, label=s,
@@ -684,22 +693,32 @@ def run_durable(ctx: Ctx, selected: list[str]) -> None:
                 b, "jsfetch", {"count": fetch_n, "batch": 100, "size": 128, "stream": "FETCH"},
                 engine=False, timeout=600, label="fetch_ack", best="rate")
 
-    plan = [
-        (ctx.mq9fast("durable"), mq_body),
-        (ctx.nats("js"), lambda b: js_body(b, fetch)),
-    ]
+    plan = []
+    if sends or fetch:
+        plan.append((ctx.mq9fast("durable"), mq_body))
+    if interval:
+        plan.append((ctx.mq9fast("interval", ["--fsync", "interval"]), interval_body))
+    default_sends = list(sends)
+    if interval and "send_durable_256" not in sends:
+        default_sends.append("send_durable_256")  # the reference of send_interval_256
+    plan.append((ctx.nats("js"), lambda b: js_body(b, default_sends, fetch)))
     if sends:
-        plan.append((ctx.nats("js_sync"), lambda b: js_body(b, False)))
+        plan.append((ctx.nats("js_sync"), lambda b: js_body(b, sends, False)))
     for b, fn in plan:
         err = with_broker(ctx, b, fn)
         if err:
-            for s in sends + (["fetch_ack"] if fetch else []):
+            for s in sends + (["fetch_ack"] if fetch else []) + (["send_interval_256"] if interval else []):
                 res[(s, b.name)] = {"ok": False, "error": err}
     for s in sends:
         mq = res.get((s, "mq9fast"))
         for pn in ("jetstream(default)", "jetstream(sync_always)"):
             peer = res.get((s, pn))
             ctx.add(s, "msgs/s", value(mq, "rate"), value(peer, "rate"), pn, mq_run=mq, peer_run=peer)
+    if interval:
+        mq = res.get(("send_interval_256", "mq9fast"))
+        peer = res.get(("send_durable_256", "jetstream(default)"))
+        ctx.add("send_interval_256", "msgs/s", value(mq, "rate"), value(peer, "rate"), "jetstream(default)",
+                mq_run=mq, peer_run=peer, note="mq9fast --fsync interval (200 ms) vs JetStream's default sync")
     if fetch:
         mq, peer = res.get(("fetch_ack", "mq9fast")), res.get(("fetch_ack", "jetstream(default)"))
         ctx.add("fetch_ack", "msgs/s", value(mq, "rate"), value(peer, "rate"), "jetstream(default)",
