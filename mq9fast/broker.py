@@ -62,7 +62,7 @@ class Broker:
             self.cluster = Cluster(self.server, self.worker_id, self.worker_count,
                                    os.environ["MQ9FAST_CLUSTER_KEY"])
             self.server.attach_cluster(self.cluster)
-            self.cluster.serve("varz", lambda _req: json.dumps(self.server.varz()).encode())
+            self.cluster.serve("varz", lambda _req: json.dumps(self.worker_varz()).encode())
             self.cluster.serve("figures", lambda _req: json.dumps(self.local_figures()).encode())
             await self.cluster.start()
         mailbox_cls = _service("mq9fast.mailbox", "MailboxService")
@@ -88,9 +88,18 @@ class Broker:
                 await self.http.start()
         tune_gc()
 
+    def worker_varz(self) -> dict:
+        """This process's ``/varz`` entry: ``Server.varz()`` plus, with a registry, its vector
+        index state (``registry_index``: the owner's published version, a view's version)."""
+        out = self.server.varz()
+        info = getattr(self.registry, "index_info", None)
+        if info is not None:
+            out["registry_index"] = info()
+        return out
+
     async def workers_varz(self) -> list[dict]:
-        """This worker's ``Server.varz()`` and every other worker's (``--workers N``)."""
-        own = self.server.varz()
+        """This worker's ``worker_varz()`` and every other worker's (``--workers N``)."""
+        own = self.worker_varz()
         if self.cluster is None:
             return [own]
         answers = await self.cluster.gather("varz", timeout=1.0)

@@ -211,5 +211,9 @@ async def test_varz_reports_every_worker(broker_factory):
     workers = {w["worker_id"]: w for w in varz["workers"]}
     assert set(workers) == {0, 1}
     assert workers[0]["connections"] >= 1 and workers[1]["connections"] >= 2
+    for w in (0, 1):  # every worker's vector index state: the owner's version, a reader's view
+        index = workers[w]["registry_index"]
+        assert isinstance(index["index_version"], int) and "index_view_version" in index
+    assert varz["registry_index"]["index_file"] == workers[0]["registry_index"]["index_file"]
     for nc in conns:
         await nc.close()

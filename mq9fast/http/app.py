@@ -292,6 +292,9 @@ class HttpSidePort:
             out["commands"] = {f"{c}:{o}": n for (c, o), n in sorted(counts.items())}
         out["mailbox"] = collector.mailbox_stats() if all_workers else services.mailbox_stats(b)
         out["registry"] = services.registry_stats(b)
+        index_info = getattr(b.registry, "index_info", None)
+        if index_info is not None:
+            out["registry_index"] = index_info()  # this worker's vector index (see worker_varz)
         out["config"] = {k: v for k, v in vars(b.config).items() if k not in _SECRET_FIELDS}
         out["ready"] = self.readiness()
         return out
