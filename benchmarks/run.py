@@ -666,44 +666,34 @@ def run_durable(ctx: Ctx, selected: list[str]) -> None:
     fetch_n = ctx.args.fetch_count or (20000 if ctx.quick else 100000)
     res: dict[tuple[str, str], dict] = {}
 
-    def mq_body(b: Broker) -> None:
-        for s in sends:
-            k = int(s.rsplit("_", 1)[1])
-            res[(s, b.name)] = ctx.gen(b, "mq9send", {"inflight": k, "size": 128, "seconds": secs,
-                                                      "warmup": warm, "mailbox": f"bench.send.k{k}"}, label=s,
-                                     best="rate")
-        if fetch:
-            res[("fetch_ack", b.name)] = ctx.gen(
-                b, "mq9fetch", {"count": fetch_n, "batch": 100, "size": 128, "mailbox": "bench.fetch"},
-                engine=False, timeout=600, label="fetch_ack", best="rate")
-
-    def interval_body(b: Broker) -> None:
-        res[("send_interval_256", b.name)] = ctx.gen(
-            b, "mq9send", {"inflight": 256, "size": 128, "seconds": secs, "warmup": warm,
-                           "mailbox": "bench.send.interval"}, label="send_interval_256", best="rate")
-
-    def js_body(b: Broker, js_sends: list[str], with_fetch: bool) -> None:
-        for s in js_sends:
-            k = int(s.rsplit("_", 1)[1])
-            res[(s, b.name)] = ctx.gen(b, "jspub", {"inflight": k, "size": 128, "seconds": secs,
-                                                    "warmup": warm, "stream": f"SEND{k}"}, label=s,
-                                     best="rate")
+    def body(b: Broker, runs: list[tuple[str, int]], with_fetch: bool) -> None:
+        """SENDs with K in flight per (scenario, K), then optionally fetch_ack: mq9fast SENDs to
+        mailboxes and FETCHes, JetStream publishes to streams and pulls (same generator)."""
+        js = b.name.startswith("jetstream")
+        for s, k in runs:
+            dest = {"stream": f"SEND{k}"} if js else {"mailbox": f"bench.send.k{k}"}
+            res[(s, b.name)] = ctx.gen(b, "jspub" if js else "mq9send",
+                                       {"inflight": k, "size": 128, "seconds": secs, "warmup": warm, **dest},
+                                       label=s, best="rate")
         if with_fetch:
+            dest = {"stream": "FETCH"} if js else {"mailbox": "bench.fetch"}
             res[("fetch_ack", b.name)] = ctx.gen(
-                b, "jsfetch", {"count": fetch_n, "batch": 100, "size": 128, "stream": "FETCH"},
+                b, "jsfetch" if js else "mq9fetch", {"count": fetch_n, "batch": 100, "size": 128, **dest},
                 engine=False, timeout=600, label="fetch_ack", best="rate")
 
+    runs = [(s, int(s.rsplit("_", 1)[1])) for s in sends]
+    default_runs = list(runs)
+    if interval and "send_durable_256" not in sends:
+        default_runs.append(("send_durable_256", 256))  # the reference of send_interval_256
     plan = []
     if sends or fetch:
-        plan.append((ctx.mq9fast("durable"), mq_body))
+        plan.append((ctx.mq9fast("durable"), lambda b: body(b, runs, fetch)))
     if interval:
-        plan.append((ctx.mq9fast("interval", ["--fsync", "interval"]), interval_body))
-    default_sends = list(sends)
-    if interval and "send_durable_256" not in sends:
-        default_sends.append("send_durable_256")  # the reference of send_interval_256
-    plan.append((ctx.nats("js"), lambda b: js_body(b, default_sends, fetch)))
+        plan.append((ctx.mq9fast("interval", ["--fsync", "interval"]),
+                     lambda b: body(b, [("send_interval_256", 256)], False)))
+    plan.append((ctx.nats("js"), lambda b: body(b, default_runs, fetch)))
     if sends:
-        plan.append((ctx.nats("js_sync"), lambda b: js_body(b, sends, False)))
+        plan.append((ctx.nats("js_sync"), lambda b: body(b, runs, False)))
     for b, fn in plan:
         err = with_broker(ctx, b, fn)
         if err:
