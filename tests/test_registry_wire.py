@@ -11,7 +11,7 @@ import json
 import nats
 import pytest
 
-SUBJ = "$mq9.AI.AGENT."
+from test_registry_support import names, ok, req
 
 
 @pytest.fixture
@@ -19,22 +19,6 @@ async def client(shared_broker):
     nc = await nats.connect(shared_broker.url, allow_reconnect=False)
     yield nc
     await nc.close()
-
-
-async def req(nc, cmd: str, body) -> dict:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    msg = await nc.request(SUBJ + cmd, data, timeout=30)
-    return json.loads(msg.data)
-
-
-async def ok(nc, cmd: str, body) -> dict:
-    reply = await req(nc, cmd, body)
-    assert reply["error"] == "", reply
-    return reply
-
-
-async def names(nc, body) -> list[str]:
-    return [e["name"] for e in (await ok(nc, "DISCOVER", body))["agents"]]
 
 
 def by_name(reply: dict, name: str) -> dict:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import connect_to_worker, make_factory
+from test_registry_support import ok as req  # an AGENT command, asserting no error
 
 INDEX_FILE = "registry.usearch"
-SUBJ = "$mq9.AI.AGENT."
 WORDS = ["apricot", "basalt", "cobalt", "dolphin", "ember", "falcon", "granite", "harbor",
          "indigo", "jasmine", "kestrel", "lantern", "meadow", "nebula", "obsidian", "pepper",
          "quartz", "raven", "saffron", "tundra", "umber", "velvet", "walnut", "xenon", "yarrow",
@@ -290,13 +290,6 @@ def two_workers(tmp_path):
     make, cleanup = make_factory(tmp_path, 2)
     yield make
     cleanup()
-
-
-async def req(nc, cmd: str, body) -> dict:
-    msg = await nc.request(SUBJ + cmd, json.dumps(body).encode(), timeout=30)
-    reply = json.loads(msg.data)
-    assert reply["error"] == "", reply
-    return reply
 
 
 async def semantic(nc, query: str, limit: int = 5) -> list[str]:
