@@ -53,7 +53,8 @@ class Broker:
         cfg = self.config
         loop = asyncio.get_running_loop()
         self.store = Store(os.path.abspath(cfg.data_dir), map_size=cfg.map_size, fsync=cfg.fsync,
-                           fsync_interval_ms=cfg.fsync_interval_ms)
+                           fsync_interval_ms=cfg.fsync_interval_ms, worker=self.worker_id,
+                           checkpoint_interval=cfg.checkpoint_interval)
         self.store.start(loop)
         self.server = Server(cfg)
         if self.worker_count > 1:

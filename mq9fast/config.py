@@ -44,6 +44,11 @@ class Config:
         metadata={"help": "always: ack after fsync; interval: fsync every fsync_interval_ms; never"},
     )
     fsync_interval_ms: int = field(default=200, metadata={"help": "fsync period for --fsync interval"})
+    checkpoint_interval: float = field(
+        default=1.0,
+        metadata={"help": "--fsync always: seconds between checkpoints of the LMDB file behind the "
+                          "write-ahead log (what a restart after a power cut replays from)"},
+    )
     # --- mq9 -------------------------------------------------------------------------------------
     payload_encoding: str = field(default="base64", metadata={"help": "FETCH/QUERY payload encoding"})
     mailbox_default_ttl: int = field(default=86400, metadata={"help": "TTL of a mailbox created without ttl, s"})
@@ -81,6 +86,8 @@ class Config:
             raise ValueError("user and password go together")
         if self.embedder not in ("auto", "minilm", "hash"):
             raise ValueError("embedder must be auto, minilm or hash")
+        if not self.checkpoint_interval > 0:
+            raise ValueError("checkpoint_interval must be > 0")
         if self.vector_exact_max < 0:
             raise ValueError("vector_exact_max must be >= 0")
         if self.workers != "auto":

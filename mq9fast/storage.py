@@ -110,7 +110,12 @@ from typing import Any, Callable
 
 import lmdb
 
+from . import wal
+
 log = logging.getLogger("mq9fast.storage")
+
+#: seconds between checkpoints of a writing process (``--fsync always``)
+CHECKPOINT_INTERVAL = 1.0
 
 WriteFn = Callable[[lmdb.Transaction], Any]
 
@@ -128,21 +133,31 @@ class Segment:
 
 class Store:
     def __init__(self, path: str, *, map_size: int = 32 * 1024**3, fsync: str = "always",
-                 fsync_interval_ms: int = 200, max_dbs: int = 64) -> None:
+                 fsync_interval_ms: int = 200, max_dbs: int = 64, worker: int = 0,
+                 checkpoint_interval: float = CHECKPOINT_INTERVAL) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self.fsync = fsync
         self.fsync_interval = fsync_interval_ms / 1000.0
+        self.worker = worker
+        self.checkpoint_interval = checkpoint_interval
+        #: --fsync always: LMDB commits unsynced behind the write-ahead log (mq9fast/wal.py)
+        self.logged = fsync == "always"
+        self.recovery = wal.recover(path, map_size, max_dbs) if self.logged else None
         self.env = lmdb.open(
             path,
             map_size=map_size,
             max_dbs=max_dbs,
             subdir=True,
-            sync=(fsync == "always"),
-            metasync=(fsync == "always"),
+            sync=False,
+            metasync=False,
             readahead=False,
             max_readers=1024,
         )
+        self.wal: wal.Wal | None = None
+        self.checkpointer: wal.Checkpointer | None = None
+        self._ckpt_task: asyncio.Task | None = None
+        self._names: dict[int, bytes] = {}   # id(db handle) -> name, for the log
         self._dbs: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -170,16 +185,40 @@ class Store:
             if handle is None:
                 handle = self.env.open_db(name.encode(), create=True, **flags)
                 self._dbs[name] = handle
+                self._names[id(handle)] = name.encode()
             return handle
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
+        if self.logged and self.wal is None:
+            # before the first write: pin a checkpoint, then log from there on
+            self.checkpointer = wal.Checkpointer(self.env, self.path)
+            self.checkpointer.take()
+            ck = wal.read_checkpoint(self.checkpointer.path)
+            self.wal = wal.Wal(self.path, ck["gen"], self.worker)
+            self._ckpt_task = self._loop.create_task(self._checkpoints())
         if self._thread is None:
             self._thread = threading.Thread(target=self._writer_main, name="mq9fast-writer",
                                             daemon=True)
             self._thread.start()
         if self.fsync == "interval" and self._sync_task is None:
             self._sync_task = self._loop.create_task(self._interval_sync())
+
+    async def _checkpoints(self) -> None:
+        """--fsync always: a checkpoint every ``checkpoint_interval`` while this process writes, so
+        that the log to replay after a power cut stays short and LMDB may reuse old pages."""
+        seen = self.batches
+        while not self._closed:
+            await asyncio.sleep(self.checkpoint_interval)
+            if self.batches == seen or self._closed:
+                continue
+            seen = self.batches
+            try:
+                await self._loop.run_in_executor(None, self.checkpointer.take)
+                # readers of processes that died no longer pin pages (ours is newer than theirs)
+                self.env.reader_check()
+            except Exception:  # noqa: BLE001 - retried next interval; the log keeps growing
+                log.exception("checkpoint failed")
 
     async def _interval_sync(self) -> None:
         while not self._closed:
@@ -245,8 +284,20 @@ class Store:
 
         Must not be used while the writer thread may be writing (it would wait for its lock).
         """
-        with self.env.begin(write=True) as txn:
-            return fn(txn)
+        if not self.logged:
+            with self.env.begin(write=True) as txn:
+                return fn(txn)
+        if self.wal is None:
+            raise RuntimeError("Store.start() was not called")
+        txn = self.env.begin(write=True)
+        ops: list = []
+        try:
+            value = fn(wal.LoggedTxn(txn, ops, self._names))
+        except BaseException:
+            txn.abort()
+            raise
+        self._log_and_commit(txn, ops)
+        return value
 
     def _kick(self) -> None:
         self._kick_scheduled = False
@@ -278,51 +329,87 @@ class Store:
         """
         env = self.env
         results: list = []
+        ops: list | None = [] if self.logged else None
         txn = env.begin(write=True)
         try:
             for entry in batch:
                 if entry.__class__ is Segment:
-                    results.append(self._run_segment(txn, entry))
+                    results.append(self._run_segment(txn, entry, ops))
                     continue
                 child = env.begin(write=True, parent=txn)
+                cops: list = []
                 try:
-                    value = entry[0](child)
+                    value = entry[0](child if ops is None else wal.LoggedTxn(child, cops, self._names))
                 except BaseException as exc:  # noqa: BLE001 - handed to the requester
                     child.abort()
                     results.append((False, exc))
                 else:
                     child.commit()
+                    if cops:
+                        ops.extend(cops)
                     results.append((True, value))
-            txn.commit()  # fsyncs when the policy is "always"
         except BaseException as exc:  # noqa: BLE001
             txn.abort()
             log.exception("group commit failed")
             return exc
+        try:
+            if ops is None:
+                txn.commit()
+            else:
+                self._log_and_commit(txn, ops)
+        except BaseException as exc:  # noqa: BLE001
+            log.exception("group commit failed")
+            return exc
         return results
 
-    def _run_segment(self, txn, seg: Segment) -> list:
+    def _log_and_commit(self, txn, ops: list) -> None:
+        """--fsync always: the transaction's record is durable in the log before it commits
+        (unsynced); a commit that fails after that gets an abort record."""
+        if not ops:
+            txn.commit()
+            return
+        txnid = txn.id()
+        try:
+            self.wal.append(txnid, wal.encode_ops(ops))
+        except BaseException:
+            txn.abort()
+            raise
+        try:
+            txn.commit()
+        except BaseException:
+            self.wal.append(txnid, b"", wal.FLAG_ABORT)
+            raise
+
+    def _run_segment(self, txn, seg: Segment, ops: list | None) -> list:
         env = self.env
         apply = seg.bulk.apply
+        names = self._names
         child = env.begin(write=True, parent=txn)
+        cops: list = []
         try:
-            out = apply(child, seg.items)
+            out = apply(child if ops is None else wal.LoggedTxn(child, cops, names), seg.items)
         except BaseException:  # noqa: BLE001 - isolate the culprit below
             child.abort()
             log.warning("bulk apply failed; re-applying %d items one by one", len(seg.items),
                         exc_info=True)
         else:
             child.commit()
+            if cops:
+                ops.extend(cops)
             return out
         out = []
         for item in seg.items:
             child = env.begin(write=True, parent=txn)
+            cops = []
             try:
-                r = apply(child, [item])[0]
+                r = apply(child if ops is None else wal.LoggedTxn(child, cops, names), [item])[0]
             except BaseException as exc:  # noqa: BLE001 - handed to the requester
                 child.abort()
                 out.append(exc)
             else:
                 child.commit()
+                if cops:
+                    ops.extend(cops)
                 out.append(r)
         return out
 
@@ -385,11 +472,18 @@ class Store:
         self._seg = None
         if self._sync_task is not None:
             self._sync_task.cancel()
+        if self._ckpt_task is not None:
+            self._ckpt_task.cancel()
         if self._thread is not None:
             self._jobs.put(None)
             self._thread.join()
         try:
-            if self.fsync != "never":
+            if self.checkpointer is not None:
+                self.checkpointer.take()  # a clean stop leaves nothing to replay
+                self.checkpointer.close()
+            elif self.fsync != "never":
                 self.env.sync(True)
         finally:
+            if self.wal is not None:
+                self.wal.close()
             self.env.close()

@@ -1,0 +1,521 @@
+"""The write-ahead log that makes a durable commit cost one device flush instead of LMDB's two.
+
+Why
+===
+LMDB's own durable commit (``sync=True, metasync=True``) fdatasyncs the data file - scattered
+pages, usually growing the file, so the filesystem journal commits too - and then writes the meta
+page through an ``O_DSYNC`` descriptor: two device flushes, ≈ 650 µs for a 200-message commit on
+this VM (``benchmarks/README.md``).  Overwriting a region of an already allocated, zero-filled
+file and fdatasyncing it costs ≈ 120-140 µs whatever the size up to 64 KiB: nothing but the data
+goes to the device.  So with ``--fsync always`` LMDB commits are *not* synced; every write
+transaction is first described in this log (its puts and deletes, as bytes) and the log is
+fdatasynced; only then does the transaction commit and its requests get their replies.
+
+What has to be true after a power cut
+=====================================
+Unsynced LMDB commits give the OS no order between pages, so after a power cut the data file may
+hold a meta page whose tree was never written.  Recovery therefore never trusts the newest LMDB
+state; it rebuilds it from the last *checkpoint* plus the log:
+
+* **Checkpoint** (``Checkpointer.take``): while holding LMDB's writer lock (no commit can
+  interleave), ``env.sync`` flushes the data file, the two meta pages (the first two pages of
+  ``data.mdb``) are read back and saved with the last transaction id ``C`` in the file
+  ``checkpoint`` (temp file, fsync, rename, fsync of the directory), and a read transaction is
+  opened on snapshot ``C`` and *kept open* until the next checkpoint is durable.  LMDB never
+  reuses a page that an open reader's snapshot can see, so every page of snapshot ``C`` stays
+  exactly as it was flushed, whatever is written after it.
+* **Log**: each worker process appends to its own pair of files ``wal/<worker>.a|b``.  A record is
+  ``magic, length, txnid, flags, crc32`` and the operations; the crc covers the file's *epoch*
+  too, so records left over from an earlier use of the file never validate.  A record is written
+  and fdatasynced while the transaction still holds LMDB's writer lock, so record order by
+  ``txnid`` is the global commit order over all workers.
+* **Recovery** (``recover``, before LMDB is opened): the checkpoint file names the boot it was
+  taken in (``/proc/sys/kernel/random/boot_id``).  In the same boot the page cache survived (a
+  process crash, kill -9, a clean stop): LMDB is current and nothing is replayed.  After a reboot
+  the saved meta pages are written back (LMDB opens snapshot ``C``, intact), then every valid log
+  record with ``txnid > C`` is re-applied in ``txnid`` order, and a fresh checkpoint is taken.
+
+A transaction whose record is durable but whose commit then failed gets an *abort* record with the
+same txnid (the next transaction reuses the id); replay skips aborted records.
+
+Invariants:
+* every write transaction of a ``--fsync always`` store goes through ``LoggedTxn`` (nothing writes
+  the LMDB environment except through it) and its record is durable before it commits;
+* a checkpoint's snapshot is protected by an open reader until a newer checkpoint file is durable;
+* a log file is reused only when its records are all older than the durable checkpoint.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import lmdb
+
+log = logging.getLogger("mq9fast.wal")
+
+REC_MAGIC = 0x4C41573D          # "=WAL"
+REC = struct.Struct("<IIQII")   # magic, body length, txnid, flags, crc32(epoch, txnid, flags, body)
+FLAG_ABORT = 1
+OP = struct.Struct("<BBII")     # kind, db-name length, key length, value length
+PUT, DELETE, DROP_EMPTY, DROP_DELETE = 1, 2, 3, 4
+FILE_MAGIC = b"MQ9WAL1\0"
+FILE_HEAD = struct.Struct("<8sQI")  # magic, epoch, crc32 of the two
+HEAD_BYTES = 4096
+CHUNK = 8 << 20                 # zero-filled ahead of the writer, so appends never grow the file
+SWITCH_BYTES = 64 << 20         # move to the other file past this (once it is checkpointed)
+CHECKPOINT_FILE = "checkpoint"
+WAL_DIR = "wal"
+
+
+def boot_id() -> str:
+    """This boot of the machine (tests may pretend a reboot with MQ9FAST_BOOT_ID)."""
+    forced = os.environ.get("MQ9FAST_BOOT_ID")
+    if forced:
+        return forced
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: treat every start as a reboot (replay is always safe)
+        return ""
+
+
+# ------------------------------------------------------------------------------ operations
+def encode_ops(ops: list) -> bytes:
+    """``[(kind, dbname bytes, key, value)]`` -> bytes (one record's body)."""
+    parts = []
+    add = parts.append
+    pack = OP.pack
+    for kind, name, key, value in ops:
+        add(pack(kind, len(name), len(key), len(value)))
+        add(name)
+        add(key)
+        add(value)
+    return b"".join(parts)
+
+
+def decode_ops(body: bytes) -> Iterable[tuple[int, bytes, bytes, bytes]]:
+    view = memoryview(body)
+    pos = 0
+    end = len(body)
+    while pos < end:
+        kind, nl, kl, vl = OP.unpack_from(view, pos)
+        pos += OP.size
+        name = bytes(view[pos:pos + nl])
+        pos += nl
+        key = bytes(view[pos:pos + kl])
+        pos += kl
+        value = bytes(view[pos:pos + vl])
+        pos += vl
+        yield kind, name, key, value
+
+
+def _b(x) -> bytes:
+    return x if x.__class__ is bytes else bytes(x)
+
+
+class LoggedCursor:
+    """A write transaction's cursor that records what it writes; reads pass straight through."""
+
+    __slots__ = ("_c", "_ops", "_name")
+
+    def __init__(self, cursor, ops: list, name: bytes) -> None:
+        self._c = cursor
+        self._ops = ops
+        self._name = name
+
+    def put(self, key, value, dupdata=True, overwrite=True, append=False):
+        done = self._c.put(key, value, dupdata=dupdata, overwrite=overwrite, append=append)
+        if done:
+            self._ops.append((PUT, self._name, _b(key), _b(value)))
+        return done
+
+    def putmulti(self, items, dupdata=True, overwrite=True, append=False):
+        if not overwrite:
+            raise ValueError("LoggedCursor.putmulti supports overwrite=True only")
+        items = [(_b(k), _b(v)) for k, v in items]
+        out = self._c.putmulti(items, dupdata=dupdata, overwrite=True, append=append)
+        name = self._name
+        self._ops.extend((PUT, name, k, v) for k, v in items)
+        return out
+
+    def replace(self, key, value):
+        old = self._c.replace(key, value)
+        self._ops.append((PUT, self._name, _b(key), _b(value)))
+        return old
+
+    def delete(self, dupdata=False):
+        key = self._c.key()
+        done = self._c.delete(dupdata=dupdata)
+        if done:
+            self._ops.append((DELETE, self._name, _b(key), b""))
+        return done
+
+    def pop(self, key):
+        old = self._c.pop(key)
+        if old is not None:
+            self._ops.append((DELETE, self._name, _b(key), b""))
+        return old
+
+    def __getattr__(self, attr):  # reads and positioning
+        return getattr(self._c, attr)
+
+    def __iter__(self):
+        return iter(self._c)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._c.close()
+
+
+class LoggedTxn:
+    """A write transaction that records its puts and deletes in ``ops`` for the log."""
+
+    __slots__ = ("txn", "ops", "_names")
+
+    def __init__(self, txn, ops: list, names: dict) -> None:
+        self.txn = txn
+        self.ops = ops
+        self._names = names   # id(db handle) -> name bytes (the main db: b"")
+
+    def _name(self, db) -> bytes:
+        return b"" if db is None else self._names[id(db)]
+
+    def put(self, key, value, dupdata=True, overwrite=True, append=False, db=None):
+        done = self.txn.put(key, value, dupdata=dupdata, overwrite=overwrite, append=append, db=db)
+        if done:
+            self.ops.append((PUT, self._name(db), _b(key), _b(value)))
+        return done
+
+    def replace(self, key, value, db=None):
+        old = self.txn.replace(key, value, db=db)
+        self.ops.append((PUT, self._name(db), _b(key), _b(value)))
+        return old
+
+    def delete(self, key, value=b"", db=None):
+        if value:
+            raise ValueError("LoggedTxn.delete(key, value): no dupsort databases here")
+        done = self.txn.delete(key, db=db)
+        if done:
+            self.ops.append((DELETE, self._name(db), _b(key), b""))
+        return done
+
+    def pop(self, key, db=None):
+        old = self.txn.pop(key, db=db)
+        if old is not None:
+            self.ops.append((DELETE, self._name(db), _b(key), b""))
+        return old
+
+    def drop(self, db, delete=True):
+        self.txn.drop(db, delete=delete)
+        self.ops.append((DROP_DELETE if delete else DROP_EMPTY, self._name(db), b"", b""))
+
+    def cursor(self, db=None):
+        return LoggedCursor(self.txn.cursor(db=db), self.ops, self._name(db))
+
+    def __getattr__(self, attr):  # get, stat, id, ...
+        return getattr(self.txn, attr)
+
+
+def apply_ops(env, txn, body: bytes, dbs: dict) -> None:
+    """Re-apply one record's operations in ``txn`` (recovery)."""
+    for kind, name, key, value in decode_ops(body):
+        db = dbs.get(name)
+        if db is None:
+            db = dbs[name] = env.open_db(name or None, txn=txn, create=True) if name else None
+        if kind == PUT:
+            txn.put(key, value, db=db)
+        elif kind == DELETE:
+            txn.delete(key, db=db)
+        elif kind in (DROP_EMPTY, DROP_DELETE):
+            txn.drop(db, delete=(kind == DROP_DELETE))
+            if kind == DROP_DELETE:
+                dbs.pop(name, None)
+        else:
+            raise ValueError(f"unknown log operation {kind}")
+
+
+# ------------------------------------------------------------------------------ log files
+def _file_epoch(fd: int) -> int | None:
+    head = os.pread(fd, FILE_HEAD.size, 0)
+    if len(head) < FILE_HEAD.size:
+        return None
+    magic, epoch, crc = FILE_HEAD.unpack(head)
+    if magic != FILE_MAGIC or crc != zlib.crc32(head[:16]):
+        return None
+    return epoch
+
+
+def _records(fd: int, epoch: int, size: int):
+    """Valid records of a log file of ``epoch``: (offset after it, txnid, flags, body)."""
+    off = HEAD_BYTES
+    seed = struct.pack("<Q", epoch)
+    while off + REC.size <= size:
+        hdr = os.pread(fd, REC.size, off)
+        magic, length, txnid, flags, crc = REC.unpack(hdr)
+        if magic != REC_MAGIC or off + REC.size + length > size:
+            return
+        body = os.pread(fd, length, off + REC.size)
+        if len(body) != length or zlib.crc32(body, zlib.crc32(hdr[8:20], zlib.crc32(seed))) != crc:
+            return
+        off += REC.size + length
+        yield off, txnid, flags, body
+
+
+def wal_dir(path: str, gen: int) -> str:
+    return os.path.join(path, WAL_DIR, str(gen))
+
+
+class Wal:
+    """One worker's log: two files used in turn, appended to and fdatasynced by the writer thread."""
+
+    def __init__(self, path: str, gen: int, worker: int) -> None:
+        self.dir = wal_dir(path, gen)
+        os.makedirs(self.dir, exist_ok=True)
+        self.paths = [os.path.join(self.dir, f"{worker}.{s}") for s in "ab"]
+        self.ckpt_path = os.path.join(path, CHECKPOINT_FILE)
+        self.fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p in self.paths]
+        self.appends = 0
+        self.bytes = 0
+        # continue the newest file after its last valid record (its records may still be needed)
+        best = None
+        for i, fd in enumerate(self.fds):
+            epoch = _file_epoch(fd)
+            if epoch is not None and (best is None or epoch > best[1]):
+                best = (i, epoch)
+        self.max_txnid = [0, 0]   # newest txnid written to each file (0: none / not needed)
+        for i, fd in enumerate(self.fds):
+            epoch = _file_epoch(fd)
+            if epoch is not None:
+                for _off, txnid, _f, _b in _records(fd, epoch, os.fstat(fd).st_size):
+                    self.max_txnid[i] = max(self.max_txnid[i], txnid)
+        if best is None:
+            self.cur, self.epoch = 0, 1
+            self._start_file(0, 1)
+        else:
+            self.cur, self.epoch = best
+            fd = self.fds[self.cur]
+            self.off = HEAD_BYTES
+            for off, _t, _f, _b in _records(fd, self.epoch, os.fstat(fd).st_size):
+                self.off = off
+            self.size = os.fstat(fd).st_size
+        self._seed = zlib.crc32(struct.pack("<Q", self.epoch))
+
+    def _start_file(self, i: int, epoch: int) -> None:
+        fd = self.fds[i]
+        head = FILE_MAGIC + struct.pack("<Q", epoch)
+        block = FILE_HEAD.pack(FILE_MAGIC, epoch, zlib.crc32(head)).ljust(HEAD_BYTES, b"\0")
+        os.pwrite(fd, block, 0)
+        self.size = os.fstat(fd).st_size
+        if self.size < HEAD_BYTES + CHUNK:
+            self._extend(fd, HEAD_BYTES + CHUNK)
+        os.fdatasync(fd)
+        self.cur, self.epoch, self.off = i, epoch, HEAD_BYTES
+        self.max_txnid[i] = 0
+        self._seed = zlib.crc32(struct.pack("<Q", epoch))
+
+    def _extend(self, fd: int, to: int) -> None:
+        zeros = bytes(1 << 20)
+        pos = self.size
+        while pos < to:
+            pos += os.pwrite(fd, zeros[: min(len(zeros), to - pos)], pos)
+        self.size = pos
+
+    def append(self, txnid: int, body: bytes, flags: int = 0) -> None:
+        """Write one record and fdatasync it (writer thread, LMDB writer lock held)."""
+        if self.off > SWITCH_BYTES:
+            self._maybe_switch()
+        hdr_tail = struct.pack("<QI", txnid, flags)
+        crc = zlib.crc32(body, zlib.crc32(hdr_tail, self._seed))
+        rec = REC.pack(REC_MAGIC, len(body), txnid, flags, crc)
+        fd = self.fds[self.cur]
+        end = self.off + len(rec) + len(body)
+        if end > self.size:
+            self._extend(fd, end + CHUNK)
+        os.pwritev(fd, [rec, body], self.off)
+        os.fdatasync(fd)
+        self.off = end
+        if txnid > self.max_txnid[self.cur]:
+            self.max_txnid[self.cur] = txnid
+        self.appends += 1
+        self.bytes += len(rec) + len(body)
+
+    def _maybe_switch(self) -> None:
+        other = 1 - self.cur
+        ck = read_checkpoint(self.ckpt_path)
+        if ck is not None and ck["txnid"] >= self.max_txnid[other]:
+            self._start_file(other, self.epoch + 1)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def read_checkpoint(path: str) -> dict | None:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return None
+    head, _, metas = raw.partition(b"\n")
+    info = json.loads(head)
+    psize = info["psize"]
+    if len(metas) != 2 * psize or zlib.crc32(metas) != info["crc"]:
+        raise RuntimeError(f"{path}: damaged checkpoint file")
+    info["metas"] = metas
+    return info
+
+
+def _write_checkpoint(path: str, txnid: int, psize: int, metas: bytes, gen: int) -> None:
+    head = json.dumps({"txnid": txnid, "psize": psize, "boot": boot_id(), "crc": zlib.crc32(metas),
+                       "gen": gen,
+                       "time": time.time(), "pid": os.getpid()}).encode()
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(head + b"\n" + metas)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Checkpointer:
+    """Takes checkpoints of one environment and keeps the newest one's snapshot pinned."""
+
+    def __init__(self, env, path: str) -> None:
+        self.env = env
+        self.path = os.path.join(path, CHECKPOINT_FILE)
+        self.data = os.path.join(path, "data.mdb")
+        self.lock_path = os.path.join(path, "checkpoint.lock")
+        self.reader = None      # read txn on our last checkpoint's snapshot
+        self.txnid = -1
+        self.taken = 0
+        self.last_seconds = 0.0
+        self._mutex = threading.Lock()
+
+    def take(self) -> int:
+        """Checkpoint now (blocking; call off the event loop).  Returns its txnid."""
+        with self._mutex:
+            t0 = time.perf_counter()
+            env = self.env
+            env.sync(True)  # the bulk of the dirty pages, without blocking writers
+            lockfd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(lockfd, fcntl.LOCK_EX)
+                wtxn = env.begin(write=True)  # LMDB's writer lock: no commit interleaves
+                try:
+                    txnid = wtxn.id() - 1
+                    env.sync(True)
+                    psize = env.stat()["psize"]
+                    fd = os.open(self.data, os.O_RDONLY)
+                    try:
+                        metas = os.pread(fd, 2 * psize, 0)
+                    finally:
+                        os.close(fd)
+                    reader = env.begin()
+                finally:
+                    wtxn.abort()
+                try:
+                    current = read_checkpoint(self.path)
+                except RuntimeError:
+                    current = None
+                if current is None or current["txnid"] <= txnid or current["boot"] != boot_id():
+                    gen = current["gen"] if current is not None else 1
+                    _write_checkpoint(self.path, txnid, psize, metas, gen)
+            finally:
+                os.close(lockfd)
+            old, self.reader, self.txnid = self.reader, reader, txnid
+            if old is not None:
+                old.abort()
+            self.taken += 1
+            self.last_seconds = time.perf_counter() - t0
+            return txnid
+
+    def close(self) -> None:
+        with self._mutex:
+            if self.reader is not None:
+                self.reader.abort()
+                self.reader = None
+
+
+# ------------------------------------------------------------------------------ recovery
+def recover(path: str, map_size: int, max_dbs: int) -> dict:
+    """Before the environment is opened by anyone: after a reboot, roll LMDB back to the last
+    checkpoint and replay the logs.  Returns what was done (for the log and the tests)."""
+    out = {"replayed": 0, "rolled_back": False}
+    os.makedirs(path, exist_ok=True)
+    lockfd = os.open(os.path.join(path, "checkpoint.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lockfd, fcntl.LOCK_EX)
+        ck = read_checkpoint(os.path.join(path, CHECKPOINT_FILE))
+        if ck is None or ck["boot"] == boot_id():
+            return out
+        data = os.path.join(path, "data.mdb")
+        fd = os.open(data, os.O_RDWR)
+        try:
+            os.pwrite(fd, ck["metas"], 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        out["rolled_back"] = True
+        records = []
+        wdir = wal_dir(path, ck["gen"])
+        for name in sorted(os.listdir(wdir)) if os.path.isdir(wdir) else []:
+            fd = os.open(os.path.join(wdir, name), os.O_RDONLY)
+            try:
+                epoch = _file_epoch(fd)
+                if epoch is None:
+                    continue
+                mine: dict[int, bytes | None] = {}
+                for _off, txnid, flags, body in _records(fd, epoch, os.fstat(fd).st_size):
+                    if txnid > ck["txnid"]:
+                        mine[txnid] = None if flags & FLAG_ABORT else body
+                records.extend((t, b) for t, b in mine.items() if b is not None)
+            finally:
+                os.close(fd)
+        records.sort(key=lambda r: r[0])
+        env = lmdb.open(path, map_size=map_size, max_dbs=max_dbs, subdir=True, sync=False,
+                        metasync=False, readahead=False)
+        try:
+            dbs: dict = {}
+            with env.begin(write=True) as txn:
+                for _txnid, body in records:
+                    apply_ops(env, txn, body, dbs)
+            env.sync(True)
+            txnid = env.info()["last_txnid"]
+            psize = env.stat()["psize"]
+        finally:
+            env.close()
+        fd = os.open(data, os.O_RDONLY)
+        try:
+            metas = os.pread(fd, 2 * psize, 0)
+        finally:
+            os.close(fd)
+        # The logs' txnids are void from here on (LMDB's ids went back to the checkpoint's): the
+        # new checkpoint names a new generation of log files, and only then is the old one removed.
+        _write_checkpoint(os.path.join(path, CHECKPOINT_FILE), txnid, psize, metas, ck["gen"] + 1)
+        shutil.rmtree(wdir, ignore_errors=True)
+        out["replayed"] = len(records)
+        log.warning("recovered %s after a restart of the machine: rolled back to checkpoint txn %d "
+                    "and replayed %d logged transactions", path, ck["txnid"], len(records))
+        return out
+    finally:
+        os.close(lockfd)
