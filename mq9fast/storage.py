@@ -35,40 +35,37 @@ pipelined CREATE + SEND still see each other in order.
 
 Durability policy (``--fsync``)
 ===============================
-* ``always``   - LMDB's own durable commit (``sync=True, metasync=True``): the data pages are
-  written and fdatasync'ed, then the meta page is written through LMDB's ``O_DSYNC`` descriptor.
-  Replies wait for the commit.  kill -9 loses nothing answered; a power cut loses nothing answered
-  and cannot corrupt the database (the meta page that makes a transaction visible is written only
-  after the pages it points to are on disk, and LMDB never overwrites pages of the last two
-  committed snapshots).  Two device flushes per commit is the price; it is paid once per *batch*.
+* ``always``   - the group commit's transaction is first written to the write-ahead log and that
+  log is fdatasynced (``mq9fast/wal.py``: one device flush, ≈ 120-140 µs); then the LMDB
+  transaction commits *unsynced* and the replies go out.  LMDB is synced at checkpoints (every
+  ``checkpoint_interval``, default 1 s, while this process writes), whose snapshot stays pinned by
+  an open reader.  kill -9 loses nothing answered (the page cache holds every commit); after a
+  power cut the next start rolls LMDB back to the checkpoint and replays the log, so nothing
+  answered is lost there either, and LMDB is never opened in a torn state.
 
-  Measured alternatives that were *not* adopted (shared 2-core VM, ext4 on virtio, py-lmdb 3.0 /
-  LMDB 0.9.36; strace: fdatasync p50 ≈ 170-340 µs, the O_DSYNC meta write ≈ 110-190 µs):
+  Before the log, ``always`` was LMDB's own durable commit (``sync=True, metasync=True``): data
+  pages fdatasynced, then the meta page written through an ``O_DSYNC`` descriptor - two device
+  flushes, ≈ 650 µs for a 200-message commit that grows the file (strace: fdatasync p50 ≈ 170-340
+  µs, the O_DSYNC meta write ≈ 110-190 µs), against ≈ 120 µs for a 64 KiB log record.  Measured in
+  one ``benchmarks/run.py --quick --repeat 3`` run each: durable SEND at 256 in flight 0.50-0.62× →
+  0.71× JetStream's default, fetch_ack 0.39-0.41× → 0.67×.  Alternatives measured before the log
+  and not adopted:
 
   - ``metasync=False`` makes a commit one flush cheaper (p50 ≈ 260 µs instead of ≈ 400 µs) but the
     meta page then reaches the disk only with the *next* flush, so a power cut may undo the last
-    answered transaction - an acknowledged SEND could vanish.  Deferring the replies of batch k
-    until the flush of batch k+1 (or an explicit ``env.sync``) restores the guarantee, but with a
-    closed-loop client (nothing new arrives until it has its replies) that is the same two
-    flushes per round trip plus a batch of latency, so it buys nothing here.
-  - ``writemap=True`` still needs msync of the data, then of the meta page (same two flushes,
-    ≈ 370 µs) and exposes the map to stray writes.
-  - Zero-filling the file ahead of LMDB (so that commits never change its size and fdatasync needs
-    no journal commit) took ≈ 60 µs off fdatasync for commits that grow the file (32-256 SENDs),
-    nothing for ACK-sized commits; it must run under the LMDB writer lock (never past pages a
-    concurrent writer may be writing) and costs a write+flush spike per chunk - left out.
-  - Splitting a large pending batch in two so that one half's flushes overlap the loop's work on
-    the other half (classic two-stage group-commit pipelining): with the broker pinned to one core
-    the writer waits for the GIL after its fsync until the busy loop thread lets go (measured p50
-    8.7 ms with the default 5 ms switch interval), so it measured slower (fake 0.7 ms flush: 83k vs
-    118k SEND/s) except with very fast flushes.  Everything pending goes into the next batch.
+    answered transaction; deferring replies to the next flush costs a closed-loop client the same
+    two flushes per round trip.
+  - ``writemap=True`` still needs msync of the data, then of the meta page (same two flushes).
+  - Splitting a large pending batch in two so that one half's flush overlaps the loop's work on
+    the other half: the flush does not shrink with the batch, so it measured slower (re-measured
+    this session with a 0.1-0.5 ms GIL switch interval too: 94-108 k vs 108-132 k SEND/s).
 * ``interval`` - commits are not synced; a timer syncs every ``fsync_interval_ms``.  A crash of the
   process loses nothing (the pages are in the OS cache); a power cut may lose the last interval.
 * ``never``    - never synced by us (the OS writes back eventually).
 
   (Unsynced LMDB commits give the OS no order between data and meta pages, so after a power cut
-  ``interval``/``never`` may leave a meta page pointing at unwritten pages; only ``always`` is
-  power-cut safe.)
+  ``interval``/``never`` may leave a meta page pointing at unwritten pages; only ``always``, with
+  its log and checkpoints, is power-cut safe.)
 
 Several worker processes (``--workers N``): per-worker group commit
 ===================================================================
@@ -370,7 +367,7 @@ class Store:
             return
         txnid = txn.id()
         try:
-            self.wal.append(txnid, wal.encode_ops(ops))
+            self.wal.append(txnid, b"".join(ops))
         except BaseException:
             txn.abort()
             raise

@@ -88,17 +88,10 @@ def boot_id() -> str:
 
 
 # ------------------------------------------------------------------------------ operations
-def encode_ops(ops: list) -> bytes:
-    """``[(kind, dbname bytes, key, value)]`` -> bytes (one record's body)."""
-    parts = []
-    add = parts.append
-    pack = OP.pack
-    for kind, name, key, value in ops:
-        add(pack(kind, len(name), len(key), len(value)))
-        add(name)
-        add(key)
-        add(value)
-    return b"".join(parts)
+# A record's body is its operations back to back: OP header, db name, key, value.  The logging
+# transaction appends those four pieces to a list of bytes as it goes (``ops``); the record body
+# is their concatenation.
+_op = OP.pack
 
 
 def decode_ops(body: bytes) -> Iterable[tuple[int, bytes, bytes, bytes]]:
@@ -117,12 +110,8 @@ def decode_ops(body: bytes) -> Iterable[tuple[int, bytes, bytes, bytes]]:
         yield kind, name, key, value
 
 
-def _b(x) -> bytes:
-    return x if x.__class__ is bytes else bytes(x)
-
-
 class LoggedCursor:
-    """A write transaction's cursor that records what it writes; reads pass straight through."""
+    """A write transaction's cursor that logs what it writes; reads pass straight through."""
 
     __slots__ = ("_c", "_ops", "_name")
 
@@ -132,36 +121,41 @@ class LoggedCursor:
         self._name = name
 
     def put(self, key, value, dupdata=True, overwrite=True, append=False):
-        done = self._c.put(key, value, dupdata=dupdata, overwrite=overwrite, append=append)
-        if done:
-            self._ops.append((PUT, self._name, _b(key), _b(value)))
+        done = self._c.put(key, value, dupdata, overwrite, append)
+        if done:  # (the hot path of MSG.SEND: kept inline)
+            if key.__class__ is not bytes:
+                key = bytes(key)
+            if value.__class__ is not bytes:
+                value = bytes(value)
+            name = self._name
+            self._ops += (_op(PUT, len(name), len(key), len(value)), name, key, value)
         return done
 
     def putmulti(self, items, dupdata=True, overwrite=True, append=False):
         if not overwrite:
             raise ValueError("LoggedCursor.putmulti supports overwrite=True only")
-        items = [(_b(k), _b(v)) for k, v in items]
+        items = [(bytes(k), bytes(v)) for k, v in items]
         out = self._c.putmulti(items, dupdata=dupdata, overwrite=True, append=append)
-        name = self._name
-        self._ops.extend((PUT, name, k, v) for k, v in items)
+        for k, v in items:
+            _log(self._ops, PUT, self._name, k, v)
         return out
 
     def replace(self, key, value):
         old = self._c.replace(key, value)
-        self._ops.append((PUT, self._name, _b(key), _b(value)))
+        _log(self._ops, PUT, self._name, key, value)
         return old
 
     def delete(self, dupdata=False):
         key = self._c.key()
         done = self._c.delete(dupdata=dupdata)
         if done:
-            self._ops.append((DELETE, self._name, _b(key), b""))
+            _log(self._ops, DELETE, self._name, key, b"")
         return done
 
     def pop(self, key):
         old = self._c.pop(key)
         if old is not None:
-            self._ops.append((DELETE, self._name, _b(key), b""))
+            _log(self._ops, DELETE, self._name, key, b"")
         return old
 
     def __getattr__(self, attr):  # reads and positioning
@@ -177,8 +171,14 @@ class LoggedCursor:
         self._c.close()
 
 
+def _log(ops: list, kind: int, name: bytes, key, value) -> None:
+    key = bytes(key)
+    value = bytes(value)
+    ops += (_op(kind, len(name), len(key), len(value)), name, key, value)
+
+
 class LoggedTxn:
-    """A write transaction that records its puts and deletes in ``ops`` for the log."""
+    """A write transaction that logs its puts and deletes in ``ops`` (see above)."""
 
     __slots__ = ("txn", "ops", "_names")
 
@@ -191,14 +191,14 @@ class LoggedTxn:
         return b"" if db is None else self._names[id(db)]
 
     def put(self, key, value, dupdata=True, overwrite=True, append=False, db=None):
-        done = self.txn.put(key, value, dupdata=dupdata, overwrite=overwrite, append=append, db=db)
+        done = self.txn.put(key, value, dupdata, overwrite, append, db)
         if done:
-            self.ops.append((PUT, self._name(db), _b(key), _b(value)))
+            _log(self.ops, PUT, self._name(db), key, value)
         return done
 
     def replace(self, key, value, db=None):
         old = self.txn.replace(key, value, db=db)
-        self.ops.append((PUT, self._name(db), _b(key), _b(value)))
+        _log(self.ops, PUT, self._name(db), key, value)
         return old
 
     def delete(self, key, value=b"", db=None):
@@ -206,18 +206,18 @@ class LoggedTxn:
             raise ValueError("LoggedTxn.delete(key, value): no dupsort databases here")
         done = self.txn.delete(key, db=db)
         if done:
-            self.ops.append((DELETE, self._name(db), _b(key), b""))
+            _log(self.ops, DELETE, self._name(db), key, b"")
         return done
 
     def pop(self, key, db=None):
         old = self.txn.pop(key, db=db)
         if old is not None:
-            self.ops.append((DELETE, self._name(db), _b(key), b""))
+            _log(self.ops, DELETE, self._name(db), key, b"")
         return old
 
     def drop(self, db, delete=True):
         self.txn.drop(db, delete=delete)
-        self.ops.append((DROP_DELETE if delete else DROP_EMPTY, self._name(db), b"", b""))
+        _log(self.ops, DROP_DELETE if delete else DROP_EMPTY, self._name(db), b"", b"")
 
     def cursor(self, db=None):
         return LoggedCursor(self.txn.cursor(db=db), self.ops, self._name(db))
