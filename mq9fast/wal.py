@@ -286,6 +286,9 @@ class Wal:
         self.fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p in self.paths]
         self.appends = 0
         self.bytes = 0
+        self.seconds = 0.0     # in write + fdatasync
+        #: fn(seconds) after every append (the /metrics histogram)
+        self.observers: list = []
         # continue the newest file after its last valid record (its records may still be needed)
         best = None
         for i, fd in enumerate(self.fds):
@@ -341,8 +344,13 @@ class Wal:
         end = self.off + len(rec) + len(body)
         if end > self.size:
             self._extend(fd, end + CHUNK)
+        t0 = time.perf_counter()
         os.pwritev(fd, [rec, body], self.off)
         os.fdatasync(fd)
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        for ob in self.observers:
+            ob(dt)
         self.off = end
         if txnid > self.max_txnid[self.cur]:
             self.max_txnid[self.cur] = txnid

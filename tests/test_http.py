@@ -127,6 +127,12 @@ def test_metrics(http_broker, traffic):
     assert _value(m, "mq9fast_stored_messages", priority="critical") >= 1
     assert _value(m, "mq9fast_stored_messages", priority="normal") >= 2
     assert _value(m, "mq9fast_leases_outstanding") >= 1
+    # --fsync always: the writes went through the write-ahead log; the start took a checkpoint
+    records = _value(m, "mq9fast_wal_records_total")
+    assert records >= 4 and _value(m, "mq9fast_wal_bytes_total") > 4 * 20
+    assert 4 <= _value(m, "mq9fast_wal_sync_duration_seconds_count") <= records  # (from install on)
+    assert _value(m, "mq9fast_wal_sync_seconds_total") > 0
+    assert _value(m, "mq9fast_checkpoints_total") >= 1 and _value(m, "mq9fast_checkpoint_txn") >= 1
 
 
 def test_traffic_counters(http_broker):

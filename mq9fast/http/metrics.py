@@ -256,6 +256,21 @@ class BrokerCollector(Collector):
                                 value=int(st.last_batch_size))
         yield GaugeMetricFamily("mq9fast_fsync_max_batch_size", "largest group commit so far",
                                 value=int(st.max_batch_size))
+        w = getattr(st, "wal", None)
+        if w is not None:
+            yield CounterMetricFamily("mq9fast_wal_records", "write-ahead log records (one fdatasync each)",
+                                      value=int(w.appends))
+            yield CounterMetricFamily("mq9fast_wal_bytes", "write-ahead log bytes written", value=int(w.bytes))
+            yield CounterMetricFamily("mq9fast_wal_sync_seconds", "time in log write + fdatasync",
+                                      value=float(w.seconds))
+        ck = getattr(st, "checkpointer", None)
+        if ck is not None:
+            yield CounterMetricFamily("mq9fast_checkpoints", "LMDB checkpoints taken by this process",
+                                      value=int(ck.taken))
+            yield GaugeMetricFamily("mq9fast_checkpoint_last_seconds", "duration of the last checkpoint",
+                                    value=float(ck.last_seconds))
+            yield GaugeMetricFamily("mq9fast_checkpoint_txn", "LMDB transaction of the last checkpoint",
+                                    value=int(ck.txnid))
 
     def _mailbox(self) -> Iterable[Metric]:
         stats = self.mailbox_stats()
@@ -307,6 +322,9 @@ class Metrics:
         self._latency_children = {c: self.latency.labels(c) for c in COMMANDS + ("unknown",)}
         self.batch_size = Histogram("mq9fast_fsync_batch_size", "write requests per group commit (fsync)",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
+        self.wal_sync = Histogram("mq9fast_wal_sync_duration_seconds",
+                                  "write + fdatasync of one write-ahead log record (--fsync always)",
+                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self._uninstall: list[Callable[[], None]] = []
 
     async def refresh(self) -> None:
@@ -336,6 +354,11 @@ class Metrics:
         if isinstance(batch_observers, list):
             batch_observers.append(self.observe_batch)
             self._uninstall.append(lambda: batch_observers.remove(self.observe_batch))
+        wal_observers = getattr(getattr(store, "wal", None), "observers", None)
+        if isinstance(wal_observers, list):
+            observe = self.wal_sync.observe  # (called on the writer thread; thread-safe)
+            wal_observers.append(observe)
+            self._uninstall.append(lambda: wal_observers.remove(observe))
 
     def _wrap_dispatch(self, control: Any) -> None:
         original = control.dispatch

@@ -44,7 +44,8 @@ class Volatile:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self.env = lmdb.open(path, map_size=map_size, max_dbs=8, subdir=True, sync=False,
-                             metasync=False, readahead=False, max_readers=1024)
+                             metasync=False, readahead=False, max_readers=1024,
+                             writemap=bool(int(os.environ.get('VW','0'))))
         self.leases = self.env.open_db(b"leases")
         self.batches = self.env.open_db(b"batches")
         self.meta = self.env.open_db(b"meta")

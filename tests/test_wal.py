@@ -1,0 +1,199 @@
+"""The write-ahead log (mq9fast/wal.py) in-process: record framing, torn tails, file reuse, abort
+records, and recovery through ``Store`` after a simulated power cut.  The wire-level power-cut tests
+are in test_mailbox_powercut.py."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import lmdb
+import pytest
+
+from mq9fast import wal
+from mq9fast.storage import Store
+
+pytestmark = pytest.mark.asyncio
+
+
+def records_of(path: str) -> list[tuple[int, int, bytes]]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        epoch = wal._file_epoch(fd)
+        if epoch is None:
+            return []
+        return [(t, f, b) for _o, t, f, b in wal._records(fd, epoch, os.fstat(fd).st_size)]
+    finally:
+        os.close(fd)
+
+
+def ops(*items) -> bytes:
+    out: list = []
+    for kind, name, key, value in items:
+        wal._log(out, kind, name, key, value)
+    return b"".join(out)
+
+
+async def test_records_round_trip_and_survive_reopen(tmp_path):
+    w = wal.Wal(str(tmp_path), 1, 0)
+    bodies = [ops((wal.PUT, b"db", b"k%d" % i, b"v" * i)) for i in range(50)]
+    for i, body in enumerate(bodies):
+        w.append(10 + i, body)
+    w.close()
+    got = records_of(w.paths[0])
+    assert [(t, b) for t, _f, b in got] == [(10 + i, b) for i, b in enumerate(bodies)]
+    assert list(wal.decode_ops(got[3][2])) == [(wal.PUT, b"db", b"k3", b"vvv")]
+    # a restart in the same boot continues after the last record instead of overwriting it
+    w = wal.Wal(str(tmp_path), 1, 0)
+    w.append(99, ops((wal.DELETE, b"", b"gone", b"")))
+    w.close()
+    assert [t for t, _f, _b in records_of(w.paths[0])] == [10 + i for i in range(50)] + [99]
+
+
+async def test_torn_tail_ends_the_log_and_is_overwritten(tmp_path):
+    w = wal.Wal(str(tmp_path), 1, 0)
+    w.append(1, ops((wal.PUT, b"", b"a", b"1")))
+    w.append(2, ops((wal.PUT, b"", b"b", b"2")))
+    tail = w.off
+    w.close()
+    fd = os.open(w.paths[0], os.O_RDWR)
+    # a record cut short by the crash: header claims more than was written
+    hdr = wal.REC.pack(wal.REC_MAGIC, 1000, 3, 0, 12345)
+    os.pwrite(fd, hdr + b"x" * 100, tail)
+    os.close(fd)
+    assert [t for t, _f, _b in records_of(w.paths[0])] == [1, 2]
+    w = wal.Wal(str(tmp_path), 1, 0)
+    assert w.off == tail
+    w.append(3, ops((wal.PUT, b"", b"c", b"3")))
+    w.close()
+    assert [t for t, _f, _b in records_of(w.paths[0])] == [1, 2, 3]
+
+
+async def test_a_reused_file_never_yields_records_of_its_previous_use(tmp_path, monkeypatch):
+    monkeypatch.setattr(wal, "SWITCH_BYTES", 8192)
+    ck = tmp_path / wal.CHECKPOINT_FILE
+    w = wal.Wal(str(tmp_path), 1, 0)
+    big = ops((wal.PUT, b"", b"k", b"v" * 3000))
+    txn = 0
+
+    def append() -> None:
+        nonlocal txn
+        txn += 1
+        w.append(txn, big)
+
+    for _ in range(4):
+        append()
+    # not checkpointed yet: the other file is empty, so the log may move on
+    wal._write_checkpoint(str(ck), 0, 4096, bytes(8192), 1)
+    append()  # txn 5, past SWITCH_BYTES: goes to file b (nothing in b is newer than the checkpoint)
+    assert w.cur == 1 and w.epoch == 2
+    for _ in range(3):
+        append()
+    # file a's records (txn 1-4) are not checkpointed yet: b keeps growing instead of reusing a
+    assert w.cur == 1
+    wal._write_checkpoint(str(ck), 5, 4096, bytes(8192), 1)
+    append()
+    assert w.cur == 0 and w.epoch == 3
+    w.close()
+    # file a: only the new epoch's record, although the old epoch's longer run of records
+    # still sits in the file after it
+    assert [t for t, _f, _b in records_of(w.paths[0])] == [9]
+    assert [t for t, _f, _b in records_of(w.paths[1])] == [5, 6, 7, 8]
+
+
+def lose_page_cache(path: str, snapshot: bytes, seed: int) -> None:
+    data = os.path.join(path, "data.mdb")
+    with open(data, "rb") as fh:
+        now = bytearray(fh.read())
+    rng = random.Random(seed)
+    for off in range(0, len(now), 4096):
+        if rng.random() < 0.5:
+            now[off:off + 4096] = snapshot[off:off + 4096].ljust(min(4096, len(now) - off), b"\0")
+    now[0:8192] = bytes(8192)
+    with open(data, "wb") as fh:
+        fh.write(now)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_store_replays_the_log_after_a_reboot(tmp_path, monkeypatch, seed):
+    path = str(tmp_path / "env")
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "before")
+    store = Store(path, map_size=1 << 28, checkpoint_interval=3600)
+    store.start()
+    db = store.db("things")
+    other = store.db("other")
+    await store.write(lambda txn: txn.put(b"old", b"1", db=db))
+    store.checkpointer.take()
+    with open(os.path.join(path, "data.mdb"), "rb") as fh:
+        snapshot = fh.read()
+    expect = {b"old": b"1"}
+
+    def fill(txn, lo, hi):
+        cur = txn.cursor(db=db)
+        for i in range(lo, hi):
+            cur.put(b"k%05d" % i, os.urandom(50) * 3)
+        return True
+
+    for lo in range(0, 3000, 300):
+        await store.write(lambda txn, lo=lo: fill(txn, lo, lo + 300))
+    await store.write(lambda txn: txn.delete(b"old", db=db))
+    await store.write(lambda txn: [txn.put(b"x%d" % i, b"y", db=other) for i in range(10)])
+    await store.write(lambda txn: txn.cursor(db=other).pop(b"x3"))
+    expect = {}
+    with store.read() as txn:
+        for name, handle in ((b"things", db), (b"other", other)):
+            expect[name] = {bytes(k): bytes(v) for k, v in txn.cursor(db=handle)}
+    # a request that fails rolls back its child transaction: nothing of it may be replayed
+    def bad(txn):
+        txn.put(b"never", b"1", db=db)
+        raise RuntimeError("no")
+    with pytest.raises(RuntimeError):
+        await store.write(bad)
+    # the crash: the process dies with its commits in the page cache only
+    store._closed = True
+    store._jobs.put(None)
+    store._thread.join()
+    store.wal.close()
+    store.env.close()
+    lose_page_cache(path, snapshot, seed)
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "after")
+    again = Store(path, map_size=1 << 28, checkpoint_interval=3600)
+    assert again.recovery["rolled_back"] and again.recovery["replayed"] == 13
+    again.start()
+    try:
+        handles = {name: again.db(name.decode()) for name in (b"things", b"other")}
+        with again.read() as txn:
+            for name, h in handles.items():
+                assert {bytes(k): bytes(v) for k, v in txn.cursor(db=h)} == expect[name]
+        assert wal.read_checkpoint(os.path.join(path, "checkpoint"))["gen"] == 2
+    finally:
+        again.close()
+
+
+async def test_an_aborted_commit_is_not_replayed(tmp_path, monkeypatch):
+    path = str(tmp_path / "env")
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "one")
+    store = Store(path, map_size=1 << 28, checkpoint_interval=3600)
+    store.start()
+    db = store.db("t")
+    await store.write(lambda txn: txn.put(b"a", b"1", db=db))
+    with store.read() as txn:
+        nxt = txn.id() + 1
+    # the record of a transaction whose commit then failed, followed by its abort record
+    store.wal.append(nxt, ops((wal.PUT, b"t", b"phantom", b"1")))
+    store.wal.append(nxt, b"", wal.FLAG_ABORT)
+    await store.write(lambda txn: txn.put(b"b", b"2", db=db))
+    store._closed = True
+    store._jobs.put(None)
+    store._thread.join()
+    store.wal.close()
+    store.env.close()
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "two")
+    again = Store(path, map_size=1 << 28)
+    again.start()
+    try:
+        h = again.db("t")
+        with again.read() as txn:
+            assert {bytes(k) for k, _v in txn.cursor(db=h)} == {b"a", b"b"}
+    finally:
+        again.close()
