@@ -140,7 +140,10 @@ class Store:
         self.checkpoint_interval = checkpoint_interval
         #: --fsync always: LMDB commits unsynced behind the write-ahead log (mq9fast/wal.py)
         self.logged = fsync == "always"
-        self.recovery = wal.recover(path, map_size, max_dbs) if self.logged else None
+        # whatever the policy now: a previous run under --fsync always may have left a log to replay
+        self.recovery = wal.recover(path, map_size, max_dbs)
+        if not self.logged:
+            wal.forget(path)  # unsynced from here on: a checkpoint would no longer describe LMDB
         self.env = lmdb.open(
             path,
             map_size=map_size,

@@ -464,6 +464,17 @@ class Checkpointer:
                 self.reader = None
 
 
+def forget(path: str) -> None:
+    """The store runs without the log (``--fsync interval|never``) from now on: drop the checkpoint
+    and the logs, which would otherwise roll a later start back to a snapshot whose pages LMDB
+    has since reused."""
+    try:
+        os.unlink(os.path.join(path, CHECKPOINT_FILE))
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(os.path.join(path, WAL_DIR), ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------ recovery
 def recover(path: str, map_size: int, max_dbs: int) -> dict:
     """Before the environment is opened by anyone: after a reboot, roll LMDB back to the last

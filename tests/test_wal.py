@@ -197,3 +197,34 @@ async def test_an_aborted_commit_is_not_replayed(tmp_path, monkeypatch):
             assert {bytes(k) for k, _v in txn.cursor(db=h)} == {b"a", b"b"}
     finally:
         again.close()
+
+
+async def test_switching_policy_replays_first_then_drops_the_log(tmp_path, monkeypatch):
+    """A run under --fsync interval after one under always: the log of the earlier run is replayed
+    if the machine restarted in between, and then removed (LMDB is no longer checkpointed)."""
+    path = str(tmp_path / "env")
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "one")
+    store = Store(path, map_size=1 << 28, checkpoint_interval=3600)
+    store.start()
+    db = store.db("t")
+    with open(os.path.join(path, "data.mdb"), "rb") as fh:
+        snapshot = fh.read()
+    await store.write(lambda txn: txn.put(b"kept", b"1", db=db))
+    store._closed = True
+    store._jobs.put(None)
+    store._thread.join()
+    store.wal.close()
+    store.env.close()
+    lose_page_cache(path, snapshot, 7)
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "two")
+    again = Store(path, map_size=1 << 28, fsync="interval")
+    assert again.recovery["replayed"] == 1
+    assert not os.path.exists(os.path.join(path, "checkpoint"))
+    assert not os.path.exists(os.path.join(path, "wal"))
+    again.start()
+    try:
+        h = again.db("t")
+        with again.read() as txn:
+            assert bytes(txn.get(b"kept", db=h)) == b"1"
+    finally:
+        again.close()
