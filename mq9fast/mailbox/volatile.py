@@ -1,8 +1,10 @@
 """The volatile LMDB environment: leases and FETCH batches of consumer groups.
 
 It lives in ``<data-dir>/mailbox-volatile`` and is opened without fsync (``sync=False``,
-``metasync=False``): its write transactions are plain memory copies into the page cache, cheap
-enough to run on the event-loop thread inside a group FETCH.  Its contents need not survive a
+``metasync=False``) and with ``writemap=True``: its write transactions are plain memory writes into
+the shared map (no ``pwrite`` of the dirty pages at commit), cheap enough to run on the event-loop
+thread inside a group FETCH (in-process FETCH(100)+ACK rounds: 204 → 189 µs per FETCH, 170 → 155 µs
+per ACK; the file is sparse, sized to the map).  Its contents need not survive a
 restart (DESIGN.md §3.3: after a restart unacknowledged messages are simply available again), so
 the first process of a broker run starts it from empty files (``open_for_run``) rather than by
 clearing it: never fsynced, the old files may be damaged after a power cut, and LMDB cannot be
@@ -44,8 +46,7 @@ class Volatile:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self.env = lmdb.open(path, map_size=map_size, max_dbs=8, subdir=True, sync=False,
-                             metasync=False, readahead=False, max_readers=1024,
-                             writemap=bool(int(os.environ.get('VW','0'))))
+                             metasync=False, readahead=False, max_readers=1024, writemap=True)
         self.leases = self.env.open_db(b"leases")
         self.batches = self.env.open_db(b"batches")
         self.meta = self.env.open_db(b"meta")
