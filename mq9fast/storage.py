@@ -296,7 +296,7 @@ class Store:
         if self.wal is None:
             raise RuntimeError("Store.start() was not called")
         txn = self.env.begin(write=True)
-        ops: list = []
+        ops = wal.OpLog()
         try:
             value = fn(wal.LoggedTxn(txn, ops, self._names))
         except BaseException:
@@ -335,7 +335,7 @@ class Store:
         """
         env = self.env
         results: list = []
-        ops: list | None = [] if self.logged else None
+        ops = wal.OpLog() if self.logged else None
         txn = env.begin(write=True)
         try:
             for entry in batch:
@@ -343,7 +343,7 @@ class Store:
                     results.append(self._run_segment(txn, entry, ops))
                     continue
                 child = env.begin(write=True, parent=txn)
-                cops: list = []
+                cops = None if ops is None else wal.OpLog()
                 try:
                     value = entry[0](child if ops is None else wal.LoggedTxn(child, cops, self._names))
                 except BaseException as exc:  # noqa: BLE001 - handed to the requester
@@ -368,7 +368,7 @@ class Store:
             return exc
         return results
 
-    def _log_and_commit(self, txn, ops: list) -> None:
+    def _log_and_commit(self, txn, ops) -> None:
         """--fsync always: the transaction's record is durable in the log before it commits
         (unsynced); a commit that fails after that gets an abort record."""
         if not ops:
@@ -376,7 +376,7 @@ class Store:
             return
         txnid = txn.id()
         try:
-            self.wal.append(txnid, b"".join(ops))
+            self.wal.append(txnid, ops.getvalue())
         except BaseException:
             txn.abort()
             raise
@@ -386,12 +386,12 @@ class Store:
             self.wal.append(txnid, b"", wal.FLAG_ABORT)
             raise
 
-    def _run_segment(self, txn, seg: Segment, ops: list | None) -> list:
+    def _run_segment(self, txn, seg: Segment, ops) -> list:
         env = self.env
         apply = seg.bulk.apply
         names = self._names
         child = env.begin(write=True, parent=txn)
-        cops: list = []
+        cops = None if ops is None else wal.OpLog()
         try:
             out = apply(child if ops is None else wal.LoggedTxn(child, cops, names), seg.items)
         except BaseException:  # noqa: BLE001 - isolate the culprit below
@@ -406,7 +406,7 @@ class Store:
         out = []
         for item in seg.items:
             child = env.begin(write=True, parent=txn)
-            cops = []
+            cops = None if ops is None else wal.OpLog()
             try:
                 r = apply(child if ops is None else wal.LoggedTxn(child, cops, names), [item])[0]
             except BaseException as exc:  # noqa: BLE001 - handed to the requester

@@ -88,10 +88,15 @@ def boot_id() -> str:
 
 
 # ------------------------------------------------------------------------------ operations
-# A record's body is its operations back to back: OP header, db name, key, value.  The logging
-# transaction appends those four pieces to a list of bytes as it goes (``ops``); the record body
-# is their concatenation.
-_op = OP.pack
+# A record's body is its operations back to back: OP header, db name, key, value, built by an
+# ``OpLog`` (compiled ``_wallog``, or its twin ``wallog_py``) as the transaction writes.
+if os.environ.get("MQ9FAST_PURE_PYTHON"):
+    from .wallog_py import LoggedCursor, OpLog
+else:
+    try:
+        from ._wallog import LoggedCursor, OpLog  # type: ignore[attr-defined]
+    except ImportError:  # not built (a plain source checkout)
+        from .wallog_py import LoggedCursor, OpLog  # type: ignore[assignment]
 
 
 def decode_ops(body: bytes) -> Iterable[tuple[int, bytes, bytes, bytes]]:
@@ -110,81 +115,14 @@ def decode_ops(body: bytes) -> Iterable[tuple[int, bytes, bytes, bytes]]:
         yield kind, name, key, value
 
 
-class LoggedCursor:
-    """A write transaction's cursor that logs what it writes; reads pass straight through."""
-
-    __slots__ = ("_c", "_ops", "_name")
-
-    def __init__(self, cursor, ops: list, name: bytes) -> None:
-        self._c = cursor
-        self._ops = ops
-        self._name = name
-
-    def put(self, key, value, dupdata=True, overwrite=True, append=False):
-        done = self._c.put(key, value, dupdata, overwrite, append)
-        if done:  # (the hot path of MSG.SEND: kept inline)
-            if key.__class__ is not bytes:
-                key = bytes(key)
-            if value.__class__ is not bytes:
-                value = bytes(value)
-            name = self._name
-            self._ops += (_op(PUT, len(name), len(key), len(value)), name, key, value)
-        return done
-
-    def putmulti(self, items, dupdata=True, overwrite=True, append=False):
-        if not overwrite:
-            raise ValueError("LoggedCursor.putmulti supports overwrite=True only")
-        items = [(bytes(k), bytes(v)) for k, v in items]
-        out = self._c.putmulti(items, dupdata=dupdata, overwrite=True, append=append)
-        for k, v in items:
-            _log(self._ops, PUT, self._name, k, v)
-        return out
-
-    def replace(self, key, value):
-        old = self._c.replace(key, value)
-        _log(self._ops, PUT, self._name, key, value)
-        return old
-
-    def delete(self, dupdata=False):
-        key = self._c.key()
-        done = self._c.delete(dupdata=dupdata)
-        if done:
-            _log(self._ops, DELETE, self._name, key, b"")
-        return done
-
-    def pop(self, key):
-        old = self._c.pop(key)
-        if old is not None:
-            _log(self._ops, DELETE, self._name, key, b"")
-        return old
-
-    def __getattr__(self, attr):  # reads and positioning
-        return getattr(self._c, attr)
-
-    def __iter__(self):
-        return iter(self._c)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._c.close()
-
-
-def _log(ops: list, kind: int, name: bytes, key, value) -> None:
-    key = bytes(key)
-    value = bytes(value)
-    ops += (_op(kind, len(name), len(key), len(value)), name, key, value)
-
-
 class LoggedTxn:
-    """A write transaction that logs its puts and deletes in ``ops`` (see above)."""
+    """A write transaction that logs its puts and deletes in ``log`` (an ``OpLog``)."""
 
-    __slots__ = ("txn", "ops", "_names")
+    __slots__ = ("txn", "log", "_names")
 
-    def __init__(self, txn, ops: list, names: dict) -> None:
+    def __init__(self, txn, log, names: dict) -> None:
         self.txn = txn
-        self.ops = ops
+        self.log = log
         self._names = names   # id(db handle) -> name bytes (the main db: b"")
 
     def _name(self, db) -> bytes:
@@ -193,12 +131,12 @@ class LoggedTxn:
     def put(self, key, value, dupdata=True, overwrite=True, append=False, db=None):
         done = self.txn.put(key, value, dupdata, overwrite, append, db)
         if done:
-            _log(self.ops, PUT, self._name(db), key, value)
+            self.log.add(PUT, self._name(db), key, value)
         return done
 
     def replace(self, key, value, db=None):
         old = self.txn.replace(key, value, db=db)
-        _log(self.ops, PUT, self._name(db), key, value)
+        self.log.add(PUT, self._name(db), key, value)
         return old
 
     def delete(self, key, value=b"", db=None):
@@ -206,21 +144,21 @@ class LoggedTxn:
             raise ValueError("LoggedTxn.delete(key, value): no dupsort databases here")
         done = self.txn.delete(key, db=db)
         if done:
-            _log(self.ops, DELETE, self._name(db), key, b"")
+            self.log.add(DELETE, self._name(db), key, b"")
         return done
 
     def pop(self, key, db=None):
         old = self.txn.pop(key, db=db)
         if old is not None:
-            _log(self.ops, DELETE, self._name(db), key, b"")
+            self.log.add(DELETE, self._name(db), key, b"")
         return old
 
     def drop(self, db, delete=True):
         self.txn.drop(db, delete=delete)
-        _log(self.ops, DROP_DELETE if delete else DROP_EMPTY, self._name(db), b"", b"")
+        self.log.add(DROP_DELETE if delete else DROP_EMPTY, self._name(db), b"", b"")
 
     def cursor(self, db=None):
-        return LoggedCursor(self.txn.cursor(db=db), self.ops, self._name(db))
+        return LoggedCursor(self.txn.cursor(db=db), self.log, self._name(db))
 
     def __getattr__(self, attr):  # get, stat, id, ...
         return getattr(self.txn, attr)

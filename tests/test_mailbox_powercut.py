@@ -21,7 +21,6 @@ import pytest
 from conftest import BrokerProcess
 from test_mailbox_support import ack, create, data, fetch, ids, ok, send
 
-pytestmark = pytest.mark.asyncio
 
 
 def wait_checkpoint(data_dir, timeout=20.0) -> dict:

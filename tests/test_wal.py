@@ -10,10 +10,19 @@ import random
 import lmdb
 import pytest
 
-from mq9fast import wal
+from mq9fast import wal, wallog_py
 from mq9fast.storage import Store
 
-pytestmark = pytest.mark.asyncio
+try:
+    from mq9fast import _wallog
+except ImportError:  # pragma: no cover - the extension is built by setup.py
+    _wallog = None
+
+LOGS = [pytest.param(wallog_py, id="python"),
+        pytest.param(_wallog, id="compiled", marks=pytest.mark.skipif(
+            _wallog is None, reason="compiled extension mq9fast._wallog not built "
+                                    "(pip install . or python setup.py build_ext --inplace)"))]
+
 
 
 def records_of(path: str) -> list[tuple[int, int, bytes]]:
@@ -28,10 +37,10 @@ def records_of(path: str) -> list[tuple[int, int, bytes]]:
 
 
 def ops(*items) -> bytes:
-    out: list = []
+    log = wal.OpLog()
     for kind, name, key, value in items:
-        wal._log(out, kind, name, key, value)
-    return b"".join(out)
+        log.add(kind, name, key, value)
+    return log.getvalue()
 
 
 async def test_records_round_trip_and_survive_reopen(tmp_path):
@@ -228,3 +237,34 @@ async def test_switching_policy_replays_first_then_drops_the_log(tmp_path, monke
             assert bytes(txn.get(b"kept", db=h)) == b"1"
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("mod", LOGS)
+def test_oplog_twins_write_the_same_bytes_and_only_what_lmdb_took(tmp_path, mod):
+    env = lmdb.open(str(tmp_path / "e"), map_size=1 << 24, max_dbs=4)
+    db = env.open_db(b"d")
+    log = mod.OpLog()
+    with env.begin(write=True) as txn:
+        cur = mod.LoggedCursor(txn.cursor(db=db), log, b"d")
+        assert cur.put(b"a", b"1") and cur.put(memoryview(b"b"), bytearray(b"22"))
+        assert not cur.put(b"a", b"x", overwrite=False)       # refused by LMDB: not logged
+        assert cur.set_key(b"a") and cur.value() == b"1"     # reads pass through
+        assert cur.delete()
+        assert cur.pop(b"missing") is None
+        cur.putmulti([(b"c", b""), (b"d", b"4" * 300)])
+        assert cur.replace(b"b", b"3") == b"22"
+    child = mod.OpLog()
+    child.add(wal.DELETE, b"", b"k", b"")
+    log.extend(child)
+    expect = [(wal.PUT, b"d", b"a", b"1"), (wal.PUT, b"d", b"b", b"22"), (wal.DELETE, b"d", b"a", b""),
+              (wal.PUT, b"d", b"c", b""), (wal.PUT, b"d", b"d", b"4" * 300), (wal.PUT, b"d", b"b", b"3"),
+              (wal.DELETE, b"", b"k", b"")]
+    assert list(wal.decode_ops(log.getvalue())) == expect
+    assert log.ops == len(expect) and len(log) == len(log.getvalue())
+    twin = wallog_py.OpLog()
+    for op in expect:
+        twin.add(*op)
+    assert twin.getvalue() == log.getvalue()
+    with pytest.raises(ValueError):
+        log.add(wal.PUT, b"n" * 256, b"k", b"v")
+    env.close()
