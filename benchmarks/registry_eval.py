@@ -21,10 +21,12 @@ Usage::
     python benchmarks/registry_eval.py --sweep        # scoring variants, held-out halves
 
 Scoring ideas measured offline on the model's vectors of this set (2026-11-25) and not adopted,
-because none lifts semantic R@1 above 0.880 (95/108) on all intents or on a held-out half:
+because none reaches 0.90 and all but one stay at or below today's 0.880 (95/108):
 query templates ("An agent that can ...", alone or averaged with the raw query: 0.69-0.87),
 stop-word-stripped queries (0.85-0.88), hubness correction (CSLS against the other cards or their
-parts, k 3-20: 0.77-0.89 all, ≤ 0.889 either half), pseudo-relevance feedback (Rocchio with the
+parts, k 3-20, weight 0.25-1: 0.77-0.889; the single best cell, cards k=5 weight 0.5, is 96/108
+with its grid neighbours at 0.87-0.88, picked on the whole set, and would need every card's
+neighbour statistics kept current at 10 k agents), pseudo-relevance feedback (Rocchio with the
 top 1-10 cards or parts: ≤ 0.880), p-norm instead of max over the parts (0.85-0.86), and late
 interaction over MiniLM's token vectors (ColBERT-style max-sim, alone 0.82, blended ≤ 0.880).  The
 13 misses are paraphrases the model places near a neighbouring card (a narrator reading a blog
