@@ -72,6 +72,7 @@ FILE_HEAD = struct.Struct("<8sQI")  # magic, epoch, crc32 of the two
 HEAD_BYTES = 4096
 CHUNK = 8 << 20                 # zero-filled ahead of the writer, so appends never grow the file
 SWITCH_BYTES = 64 << 20         # move to the other file past this (once it is checkpointed)
+SWITCH_RETRY_BYTES = 1 << 20    # ... and while it is not, look again after this much more
 CHECKPOINT_FILE = "checkpoint"
 WAL_DIR = "wal"
 
@@ -249,6 +250,7 @@ class Wal:
             for off, _t, _f, _b in _records(fd, self.epoch, os.fstat(fd).st_size):
                 self.off = off
             self.size = os.fstat(fd).st_size
+            self._switch_at = SWITCH_BYTES
         self._seed = zlib.crc32(struct.pack("<Q", self.epoch))
 
     def _start_file(self, i: int, epoch: int) -> None:
@@ -261,6 +263,7 @@ class Wal:
             self._extend(fd, HEAD_BYTES + CHUNK)
         os.fdatasync(fd)
         self.cur, self.epoch, self.off = i, epoch, HEAD_BYTES
+        self._switch_at = SWITCH_BYTES
         self.max_txnid[i] = 0
         self._seed = zlib.crc32(struct.pack("<Q", epoch))
 
@@ -273,7 +276,7 @@ class Wal:
 
     def append(self, txnid: int, body: bytes, flags: int = 0) -> None:
         """Write one record and fdatasync it (writer thread, LMDB writer lock held)."""
-        if self.off > SWITCH_BYTES:
+        if self.off > self._switch_at:
             self._maybe_switch()
         hdr_tail = struct.pack("<QI", txnid, flags)
         crc = zlib.crc32(body, zlib.crc32(hdr_tail, self._seed))
@@ -300,6 +303,8 @@ class Wal:
         ck = read_checkpoint(self.ckpt_path)
         if ck is not None and ck["txnid"] >= self.max_txnid[other]:
             self._start_file(other, self.epoch + 1)
+        else:  # the other file still holds records newer than the checkpoint: look again later
+            self._switch_at = self.off + SWITCH_RETRY_BYTES
 
     def close(self) -> None:
         for fd in self.fds:
