@@ -60,6 +60,8 @@ from typing import Any, Iterable
 
 import lmdb
 
+from .files import fsync_dir
+
 log = logging.getLogger("mq9fast.wal")
 
 REC_MAGIC = 0x4C41573D          # "=WAL"
@@ -341,11 +343,7 @@ def _write_checkpoint(path: str, txnid: int, psize: int, metas: bytes, gen: int)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path)
 
 
 class Checkpointer:

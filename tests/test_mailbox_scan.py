@@ -13,6 +13,7 @@ import lmdb
 import pytest
 
 from mq9fast.mailbox import scan_py
+from twins import twin_params
 from mq9fast.mailbox.layout import (
     BATCH_HEAD, LANE_ID, LEASE, NORMAL, URGENT, CRITICAL, encode_value, lane_prefix, msg_key, u64,
 )
@@ -22,10 +23,7 @@ try:
 except ImportError:  # pragma: no cover - the extension is built by setup.py
     _scan = None
 
-MODS = [pytest.param(scan_py, id="python"),
-        pytest.param(_scan, id="compiled", marks=pytest.mark.skipif(
-            _scan is None, reason="compiled extension mq9fast.mailbox._scan not built "
-                                  "(pip install . or python setup.py build_ext --inplace)"))]
+MODS = twin_params(scan_py, _scan, "mq9fast.mailbox._scan")
 NOW = 1_700_000_000_000
 MBID = 7
 GID = 3

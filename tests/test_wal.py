@@ -12,16 +12,14 @@ import pytest
 
 from mq9fast import wal, wallog_py
 from mq9fast.storage import Store
+from twins import twin_params
 
 try:
     from mq9fast import _wallog
 except ImportError:  # pragma: no cover - the extension is built by setup.py
     _wallog = None
 
-LOGS = [pytest.param(wallog_py, id="python"),
-        pytest.param(_wallog, id="compiled", marks=pytest.mark.skipif(
-            _wallog is None, reason="compiled extension mq9fast._wallog not built "
-                                    "(pip install . or python setup.py build_ext --inplace)"))]
+LOGS = twin_params(wallog_py, _wallog, "mq9fast._wallog")
 
 
 
@@ -111,6 +109,15 @@ async def test_a_reused_file_never_yields_records_of_its_previous_use(tmp_path, 
     assert [t for t, _f, _b in records_of(w.paths[1])] == [5, 6, 7, 8]
 
 
+def crash(store: Store) -> None:
+    """Stop a store the way kill -9 would: no checkpoint, commits left in the page cache only."""
+    store._closed = True
+    store._jobs.put(None)
+    store._thread.join()
+    store.wal.close()
+    store.env.close()
+
+
 def lose_page_cache(path: str, snapshot: bytes, seed: int) -> None:
     data = os.path.join(path, "data.mdb")
     with open(data, "rb") as fh:
@@ -159,12 +166,7 @@ async def test_store_replays_the_log_after_a_reboot(tmp_path, monkeypatch, seed)
         raise RuntimeError("no")
     with pytest.raises(RuntimeError):
         await store.write(bad)
-    # the crash: the process dies with its commits in the page cache only
-    store._closed = True
-    store._jobs.put(None)
-    store._thread.join()
-    store.wal.close()
-    store.env.close()
+    crash(store)  # the process dies with its commits in the page cache only
     lose_page_cache(path, snapshot, seed)
     monkeypatch.setenv("MQ9FAST_BOOT_ID", "after")
     again = Store(path, map_size=1 << 28, checkpoint_interval=3600)
@@ -193,11 +195,7 @@ async def test_an_aborted_commit_is_not_replayed(tmp_path, monkeypatch):
     store.wal.append(nxt, ops((wal.PUT, b"t", b"phantom", b"1")))
     store.wal.append(nxt, b"", wal.FLAG_ABORT)
     await store.write(lambda txn: txn.put(b"b", b"2", db=db))
-    store._closed = True
-    store._jobs.put(None)
-    store._thread.join()
-    store.wal.close()
-    store.env.close()
+    crash(store)
     monkeypatch.setenv("MQ9FAST_BOOT_ID", "two")
     again = Store(path, map_size=1 << 28)
     again.start()
@@ -220,11 +218,7 @@ async def test_switching_policy_replays_first_then_drops_the_log(tmp_path, monke
     with open(os.path.join(path, "data.mdb"), "rb") as fh:
         snapshot = fh.read()
     await store.write(lambda txn: txn.put(b"kept", b"1", db=db))
-    store._closed = True
-    store._jobs.put(None)
-    store._thread.join()
-    store.wal.close()
-    store.env.close()
+    crash(store)
     lose_page_cache(path, snapshot, 7)
     monkeypatch.setenv("MQ9FAST_BOOT_ID", "two")
     again = Store(path, map_size=1 << 28, fsync="interval")

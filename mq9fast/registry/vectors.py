@@ -56,6 +56,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..files import fsync_dir
+
 log = logging.getLogger("mq9fast.registry")
 
 #: exact scan up to this many live vectors (the default of ``Config.vector_exact_max``)
@@ -117,11 +119,7 @@ def write_index_file(index, path: str) -> tuple[int, int]:
     size, crc = file_crc(tmp)
     os.replace(tmp, path)
     try:
-        dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(path)
     except OSError:
         pass
     return size, crc
