@@ -358,6 +358,7 @@ class Checkpointer:
         self.txnid = -1
         self.taken = 0
         self.last_seconds = 0.0
+        self.locked_seconds = 0.0   # of the last checkpoint, with LMDB's writer lock held
         self._mutex = threading.Lock()
 
     def take(self) -> int:
@@ -370,6 +371,7 @@ class Checkpointer:
             try:
                 fcntl.flock(lockfd, fcntl.LOCK_EX)
                 wtxn = env.begin(write=True)  # LMDB's writer lock: no commit interleaves
+                t1 = time.perf_counter()
                 try:
                     txnid = wtxn.id() - 1
                     env.sync(True)
@@ -382,6 +384,7 @@ class Checkpointer:
                     reader = env.begin()
                 finally:
                     wtxn.abort()
+                    self.locked_seconds = time.perf_counter() - t1
                 try:
                     current = read_checkpoint(self.path)
                 except RuntimeError:

@@ -297,11 +297,19 @@ def test_collector_reads_service_stats_hooks():
     metrics.install()
     assert broker.control.observers == [metrics.observe_command]
     broker.control.observers[0]("MSG.FETCH", "ok", 0.002)
+    broker.control.observers[0]("MSG.FETCH", "ok", 0.0005)   # on a bound: counted in that bucket
+    broker.control.observers[0]("NOT.A.COMMAND", "ok", 0.03)
     broker.store.batch_observers[0](12)
     text = generate_latest(metrics.registry).decode()
     for line in ('mq9fast_stored_messages{priority="urgent"} 2.0', "mq9fast_leases_outstanding 4.0",
                  "mq9fast_redeliveries_total 6.0", "mq9fast_delayed_messages 7.0", "mq9fast_mailboxes 5.0",
-                 "mq9fast_agents 9.0", 'mq9fast_command_duration_seconds_count{command="MSG.FETCH"} 1.0',
+                 "mq9fast_agents 9.0", 'mq9fast_command_duration_seconds_count{command="MSG.FETCH"} 2.0',
+                 'mq9fast_command_duration_seconds_bucket{command="MSG.FETCH",le="0.00025"} 0.0',
+                 'mq9fast_command_duration_seconds_bucket{command="MSG.FETCH",le="0.0005"} 1.0',
+                 'mq9fast_command_duration_seconds_bucket{command="MSG.FETCH",le="0.0025"} 2.0',
+                 'mq9fast_command_duration_seconds_bucket{command="MSG.FETCH",le="+Inf"} 2.0',
+                 'mq9fast_command_duration_seconds_sum{command="MSG.FETCH"} 0.0025',
+                 'mq9fast_command_duration_seconds_count{command="unknown"} 1.0',
                  "mq9fast_fsync_batch_size_count 1.0", 'mq9fast_commands_total{command="MSG.SEND",outcome="ok"} 2.0'):
         assert line in text, line
     metrics.uninstall()

@@ -28,8 +28,13 @@ import logging
 import time
 from typing import Any, Callable, Iterable
 
+from bisect import bisect_left
+
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric,
+)
+from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
 from .. import __version__
@@ -269,6 +274,9 @@ class BrokerCollector(Collector):
                                       value=int(ck.taken))
             yield GaugeMetricFamily("mq9fast_checkpoint_last_seconds", "duration of the last checkpoint",
                                     value=float(ck.last_seconds))
+            yield GaugeMetricFamily("mq9fast_checkpoint_locked_seconds",
+                                    "part of the last checkpoint that held LMDB's writer lock (writes wait)",
+                                    value=float(ck.locked_seconds))
             yield GaugeMetricFamily("mq9fast_checkpoint_txn", "LMDB transaction of the last checkpoint",
                                     value=int(ck.txnid))
 
@@ -307,6 +315,45 @@ class BrokerCollector(Collector):
             yield GaugeMetricFamily("mq9fast_agents", "registered agents", value=stats["agents"])
 
 
+class CommandLatency(Collector):
+    """``mq9fast_command_duration_seconds``: a histogram by command, fed once per mq9 command.
+
+    prometheus_client's ``Histogram.observe`` takes a lock and costs ≈ 1.3 µs; with the closure
+    around it, the side port cost ≈ 3 µs per SEND (SEND at 256 in flight 109-116 k/s with the HTTP
+    port vs 160-195 k/s without).  Commands are observed on the event-loop thread only, so plain
+    lists suffice: one ``bisect`` and two additions per command; the cumulative buckets are made
+    at scrape time."""
+
+    NAME = "mq9fast_command_duration_seconds"
+    DOC = ("mq9 command latency from dispatch to reply (FETCH includes its long-poll wait), by "
+           "command")
+
+    def __init__(self, buckets: tuple = LATENCY_BUCKETS) -> None:
+        self.bounds = list(buckets)
+        self.by_command: dict[str, list] = {c: self._new() for c in COMMANDS + ("unknown",)}
+
+    def _new(self) -> list:
+        return [[0] * (len(self.bounds) + 1), 0.0]   # per-bucket counts (last: +Inf), sum
+
+    def observe_command(self, command: str, outcome: str, seconds: float) -> None:
+        """A ``Control.observers`` hook (called directly: no wrapper in between)."""
+        h = self.by_command.get(command)
+        if h is None:
+            h = self.by_command["unknown"]
+        h[0][bisect_left(self.bounds, seconds)] += 1
+        h[1] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        fam = HistogramMetricFamily(self.NAME, self.DOC, labels=["command"])
+        for command, (counts, total) in self.by_command.items():
+            cum, buckets = 0, []
+            for bound, n in zip(self.bounds + [float("inf")], counts):
+                cum += n
+                buckets.append((floatToGoString(bound), cum))
+            fam.add_metric([command], buckets, total)
+        yield fam
+
+
 class Metrics:
     """The per-broker prometheus registry plus the hooks that feed its histograms."""
 
@@ -315,11 +362,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = BrokerCollector(broker)
         self.registry.register(self.collector)
-        self.latency = Histogram("mq9fast_command_duration_seconds",
-                                 "mq9 command latency from dispatch to reply (FETCH includes its long-poll "
-                                 "wait), by command", ["command"], buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
-        self._latency_children = {c: self.latency.labels(c) for c in COMMANDS + ("unknown",)}
+        self.latency = CommandLatency()
+        self.registry.register(self.latency)
+        #: the hook for ``Control.observers``
+        self.observe_command = self.latency.observe_command
         self.batch_size = Histogram("mq9fast_fsync_batch_size", "write requests per group commit (fsync)",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.wal_sync = Histogram("mq9fast_wal_sync_duration_seconds",
@@ -332,10 +378,6 @@ class Metrics:
         await self.collector.refresh()
 
     # -- hooks ----------------------------------------------------------------------------------
-    def observe_command(self, command: str, outcome: str, seconds: float) -> None:
-        child = self._latency_children.get(command) or self._latency_children["unknown"]
-        child.observe(seconds)
-
     def observe_batch(self, size: int, *_: Any) -> None:
         self.batch_size.observe(size)
 
