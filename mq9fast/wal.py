@@ -72,7 +72,11 @@ PUT, DELETE, DROP_EMPTY, DROP_DELETE = 1, 2, 3, 4
 FILE_MAGIC = b"MQ9WAL1\0"
 FILE_HEAD = struct.Struct("<8sQI")  # magic, epoch, crc32 of the two
 HEAD_BYTES = 4096
-CHUNK = 8 << 20                 # zero-filled ahead of the writer, so appends never grow the file
+# Log files are zero-filled ahead of the writer, so that an append never grows the file (an
+# fdatasync that must also commit a new size costs a journal commit): by half the file's size,
+# between these bounds (a broker that writes little keeps a small log).
+CHUNK_MIN = 1 << 20
+CHUNK_MAX = 16 << 20
 SWITCH_BYTES = 64 << 20         # move to the other file past this (once it is checkpointed)
 SWITCH_RETRY_BYTES = 1 << 20    # ... and while it is not, look again after this much more
 CHECKPOINT_FILE = "checkpoint"
@@ -261,8 +265,8 @@ class Wal:
         block = FILE_HEAD.pack(FILE_MAGIC, epoch, zlib.crc32(head)).ljust(HEAD_BYTES, b"\0")
         os.pwrite(fd, block, 0)
         self.size = os.fstat(fd).st_size
-        if self.size < HEAD_BYTES + CHUNK:
-            self._extend(fd, HEAD_BYTES + CHUNK)
+        if self.size < HEAD_BYTES + CHUNK_MIN:
+            self._extend(fd, HEAD_BYTES + CHUNK_MIN)
         os.fdatasync(fd)
         self.cur, self.epoch, self.off = i, epoch, HEAD_BYTES
         self._switch_at = SWITCH_BYTES
@@ -286,7 +290,7 @@ class Wal:
         fd = self.fds[self.cur]
         end = self.off + len(rec) + len(body)
         if end > self.size:
-            self._extend(fd, end + CHUNK)
+            self._extend(fd, end + max(CHUNK_MIN, min(CHUNK_MAX, self.size // 2)))
         t0 = time.perf_counter()
         os.pwritev(fd, [rec, body], self.off)
         os.fdatasync(fd)
