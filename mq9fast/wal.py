@@ -5,7 +5,7 @@ Why
 LMDB's own durable commit (``sync=True, metasync=True``) fdatasyncs the data file - scattered
 pages, usually growing the file, so the filesystem journal commits too - and then writes the meta
 page through an ``O_DSYNC`` descriptor: two device flushes, ≈ 650 µs for a 200-message commit on
-this VM (``benchmarks/README.md``).  Overwriting a region of an already allocated, zero-filled
+this VM (``storage.py``'s docstring).  Overwriting a region of an already allocated, zero-filled
 file and fdatasyncing it costs ≈ 120-140 µs whatever the size up to 64 KiB: nothing but the data
 goes to the device.  So with ``--fsync always`` LMDB commits are *not* synced; every write
 transaction is first described in this log (its puts and deletes, as bytes) and the log is
@@ -24,8 +24,10 @@ state; it rebuilds it from the last *checkpoint* plus the log:
   opened on snapshot ``C`` and *kept open* until the next checkpoint is durable.  LMDB never
   reuses a page that an open reader's snapshot can see, so every page of snapshot ``C`` stays
   exactly as it was flushed, whatever is written after it.
-* **Log**: each worker process appends to its own pair of files ``wal/<worker>.a|b``.  A record is
-  ``magic, length, txnid, flags, crc32`` and the operations; the crc covers the file's *epoch*
+* **Log**: each worker process appends to its own pair of files ``wal/<generation>/<worker>.a|b``
+  (the generation is named in the checkpoint file and changes only when a recovery has replayed
+  the log).  A record is ``magic, length, txnid, flags, crc32`` and the operations (built by an
+  ``OpLog``: ``_wallog.pyx``, twin ``wallog_py.py``); the crc covers the file's *epoch*
   too, so records left over from an earlier use of the file never validate.  A record is written
   and fdatasynced while the transaction still holds LMDB's writer lock, so record order by
   ``txnid`` is the global commit order over all workers.
@@ -33,7 +35,8 @@ state; it rebuilds it from the last *checkpoint* plus the log:
   taken in (``/proc/sys/kernel/random/boot_id``).  In the same boot the page cache survived (a
   process crash, kill -9, a clean stop): LMDB is current and nothing is replayed.  After a reboot
   the saved meta pages are written back (LMDB opens snapshot ``C``, intact), then every valid log
-  record with ``txnid > C`` is re-applied in ``txnid`` order, and a fresh checkpoint is taken.
+  record with ``txnid > C`` is re-applied in ``txnid`` order, and a checkpoint of the result
+  starts the next generation of log files (the replayed ones are deleted after it).
 
 A transaction whose record is durable but whose commit then failed gets an *abort* record with the
 same txnid (the next transaction reuses the id); replay skips aborted records.
@@ -56,7 +59,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import lmdb
 

@@ -3,7 +3,6 @@ records, and recovery through ``Store`` after a simulated power cut.  The wire-l
 are in test_mailbox_powercut.py."""
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 
