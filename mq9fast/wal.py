@@ -237,28 +237,27 @@ class Wal:
         self.seconds = 0.0     # in write + fdatasync
         #: fn(seconds) after every append (the /metrics histogram)
         self.observers: list = []
-        # continue the newest file after its last valid record (its records may still be needed)
+        # one pass over each file: its epoch, newest txnid and the end of its valid records; the
+        # newest file is continued after its last record (its records may still be needed)
+        self.max_txnid = [0, 0]   # newest txnid written to each file (0: none / not needed)
+        ends = [HEAD_BYTES, HEAD_BYTES]
         best = None
         for i, fd in enumerate(self.fds):
             epoch = _file_epoch(fd)
-            if epoch is not None and (best is None or epoch > best[1]):
+            if epoch is None:
+                continue
+            for end, txnid, _f, _b in _records(fd, epoch, os.fstat(fd).st_size):
+                ends[i] = end
+                self.max_txnid[i] = max(self.max_txnid[i], txnid)
+            if best is None or epoch > best[1]:
                 best = (i, epoch)
-        self.max_txnid = [0, 0]   # newest txnid written to each file (0: none / not needed)
-        for i, fd in enumerate(self.fds):
-            epoch = _file_epoch(fd)
-            if epoch is not None:
-                for _off, txnid, _f, _b in _records(fd, epoch, os.fstat(fd).st_size):
-                    self.max_txnid[i] = max(self.max_txnid[i], txnid)
         if best is None:
             self.cur, self.epoch = 0, 1
             self._start_file(0, 1)
         else:
             self.cur, self.epoch = best
-            fd = self.fds[self.cur]
-            self.off = HEAD_BYTES
-            for off, _t, _f, _b in _records(fd, self.epoch, os.fstat(fd).st_size):
-                self.off = off
-            self.size = os.fstat(fd).st_size
+            self.off = ends[self.cur]
+            self.size = os.fstat(self.fds[self.cur]).st_size
             self._switch_at = SWITCH_BYTES
         self._seed = zlib.crc32(struct.pack("<Q", self.epoch))
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 import pytest
 
 from mq9fast import deliver_py, router_py
+from twins import twin_params
 
 try:
     from mq9fast import _deliver, _router
 except ImportError:  # pragma: no cover
     _deliver = _router = None
 
-PAIRS = [pytest.param((deliver_py, router_py), id="python"),
-         pytest.param((_deliver, _router), id="cython",
-                      marks=pytest.mark.skipif(_deliver is None, reason="extension not built"))]
+PAIRS = twin_params((deliver_py, router_py), None if _deliver is None else (_deliver, _router),
+                    "mq9fast._deliver", "cython")
 
 
 def scenario(mods):

@@ -6,15 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mq9fast import parser_py
+from twins import twin_params
 
 try:
     from mq9fast import _parser
 except ImportError:  # pragma: no cover
     _parser = None
 
-IMPLS = [pytest.param(parser_py, id="python"),
-         pytest.param(_parser, id="cython",
-                      marks=pytest.mark.skipif(_parser is None, reason="extension not built"))]
+IMPLS = twin_params(parser_py, _parser, "mq9fast._parser", "cython")
 
 P = parser_py  # op codes are identical in both modules
 

@@ -1,22 +1,20 @@
 """Subject routing: the compiled trie and its pure-Python twin, side by side."""
 from __future__ import annotations
 
-import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mq9fast import router_py
+from twins import twin_params
 
 try:
     from mq9fast import _router
 except ImportError:  # pragma: no cover
     _router = None
 
-IMPLS = [pytest.param(router_py, id="python"),
-         pytest.param(_router, id="cython",
-                      marks=pytest.mark.skipif(_router is None, reason="extension not built"))]
+IMPLS = twin_params(router_py, _router, "mq9fast._router", "cython")
 
 
 class Sub:
