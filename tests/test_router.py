@@ -1,7 +1,6 @@
 """Subject routing: the compiled trie and its pure-Python twin, side by side."""
 from __future__ import annotations
 
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
