@@ -27,3 +27,4 @@ cdef class Responder:
     cdef Conn conn
     cdef object subject               # the request's reply subject (bytes) or None
     cdef object on_output             # called after a reply was queued (Server.schedule_flush)
+    cdef int queue(self, bytes body) except -1   # the reply without on_output (batched callers)

@@ -376,7 +376,12 @@ cdef class Responder:
         self.on_output = on_output
 
     def __call__(self, bytes body):
+        if self.queue(body):
+            self.on_output()
+
+    cdef int queue(self, bytes body) except -1:
+        """Queue the reply; 1 if something was queued (the caller then owes ``on_output()``)."""
         if self.subject is None or self.conn.closed:
-            return
+            return 0
         deliver_to_subject(self.router, <bytes>self.subject, body, 0, self.conn)
-        self.on_output()
+        return 1

@@ -24,7 +24,9 @@ into ``Control.counts`` (bound with ``mailbox.bind_counts``).  It may return an 
 instead (delayed SENDs), which is then finished like any other command.  Addresses the generic
 router would reject (empty tokens) take the generic path and get the same error.  ``MSG.FETCH`` and
 ``MSG.ACK`` use the same memo of subjects (no decode/split/closure per command); an ACK answers
-through ``mailbox.ack_nowait`` (reply first, lease release afterwards).
+through ``mailbox.ack_nowait`` (reply first, lease release afterwards).  Once a SEND subject is
+in the memo, ``send_names`` lets the server hand such frames (PUB, no headers) straight to
+``mailbox.take_sends`` without coming here at all (``mailbox/send_py.py``).
 
 Observers: ``Control.observers`` is a list of ``fn(command, outcome, seconds)`` called with every
 command's dispatch-to-reply latency (the HTTP side port's histogram appends itself here instead of
@@ -91,8 +93,13 @@ class Control:
         # fast path: subject -> (command name, handler(arg, headers, payload, respond), arg)
         self._fast: dict[bytes, tuple] = {}
         self._fast_ops: dict[bytes, tuple] = {}
+        #: SEND subjects among them -> address bytes (the frames the mailbox takes itself)
+        self.send_names: dict[bytes, bytes] = {}
+        #: ``mailbox.take_sends`` (see ``Server``'s read loop), or None
+        self.take_sends: Callable | None = None
         if mailbox is not None and hasattr(mailbox, "send_nowait"):
-            mailbox.bind_counts(self.counts)
+            mailbox.bind_counts(self.counts, self.observers, self.send_names)
+            self.take_sends = mailbox.take_sends
             self._fast_ops = {
                 b"SEND": ("MSG.SEND", mailbox.send_nowait, True),
                 b"FETCH": ("MSG.FETCH", self._fetch_fast, False),
@@ -186,7 +193,11 @@ class Control:
             return None  # the generic path decodes with replacement characters
         if len(self._fast) >= FAST_MEMO:
             self._fast.clear()
-        entry = self._fast[bytes(subject)] = (name, handler, arg)
+            self.send_names.clear()
+        subject = bytes(subject)
+        entry = self._fast[subject] = (name, handler, arg)
+        if name == "MSG.SEND":
+            self.send_names[subject] = arg
         return entry
 
     def _timed(self, subject: bytes, respond: Callable[[bytes], None]) -> Callable[[bytes], None]:

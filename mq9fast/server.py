@@ -150,12 +150,18 @@ class Client(asyncio.Protocol):
         self.bytes_in += len(data)
         frames = self.parser.feed(data)
         router = self.server.router
+        take_sends = self.server.control.take_sends
         i, n = 0, len(frames)
         while i < n:
             i = route_frames(frames, i, core, router)  # plain publishes, compiled
             if i < n:
                 f = frames[i]
                 if f[0] == OP_PUB and core.authed and not core.closed:  # an mq9 command
+                    if take_sends is not None:  # a run of plain SENDs: straight to the mailbox
+                        j = take_sends(frames, i, core, router, self.server.schedule_flush, Responder)
+                        if j > i:
+                            i = j
+                            continue
                     core.msgs_in += 1
                     if core.verbose:
                         core.write(OK)

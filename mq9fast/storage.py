@@ -270,16 +270,20 @@ class Store:
 
     def submit(self, bulk: Any, item: Any) -> None:
         """Queue ``item`` for ``bulk.apply``; ``bulk.done`` gets its result after the commit."""
+        self.submit_many(bulk, [item])
+
+    def submit_many(self, bulk: Any, items: list) -> None:
+        """``submit`` every one of ``items`` (a list the store may keep) in order."""
         seg = self._seg
         if seg is not None and seg.bulk is bulk:
             # a trailing segment means requests are pending, so a kick is scheduled or the writer
             # is busy (and _done kicks); close() clears _seg
-            seg.items.append(item)
+            seg.items.extend(items)
             return
         if self._closed or self._loop is None:
-            bulk.done([item], RuntimeError("store is closed"))
+            bulk.done(items, RuntimeError("store is closed"))
             return
-        self._seg = Segment(bulk, [item])
+        self._seg = Segment(bulk, items)
         self._pending.append(self._seg)
         if not self._busy and not self._kick_scheduled:
             self._kick_scheduled = True

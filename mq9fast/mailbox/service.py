@@ -20,10 +20,10 @@ from operator import itemgetter
 
 from ..control import Mq9Error, error_reply
 from .encode import EMPTY_MESSAGES, encode_message, messages_reply
-from .hot import scan
+from .hot import scan, send
 from .layout import (
-    BE_U64, BE_U64x2, DELAYED_HEAD, GROUP, LANE_ID, LANES, LEASE, MSG_KEY, MSGEXP_KEY,
-    NORMAL, U64_MAX, Box, plain_head, decode_value, enc_str, encode_value, group_key, keyidx_key,
+    BE_U64, BE_U64x2, DELAYED_HEAD, GROUP, LANE_ID, LANES, LEASE, MSGEXP_KEY,
+    NORMAL, U64_MAX, Box, decode_value, enc_str, encode_value, group_key, keyidx_key,
     lane_prefix, msg_key, tag_prefix, tags_of, u64, value_expire,
 )
 from .requests import AckRequest, CreateRequest, FetchRequest, QueryRequest, SendOptions, parse_msg_id_token
@@ -106,6 +106,8 @@ class MailboxService:
         self._send_bulk = _SendBulk(self)
         #: command counters shared with ``Control`` (``bind_counts``); the bulk SEND path counts here
         self.counts: dict = {}
+        self.observers: list = []
+        self.send_names: dict = {}
         # statistics
         self.delayed_moved = 0
         self.swept_mailboxes = 0
@@ -439,9 +441,13 @@ class MailboxService:
         return fut
 
     # ================================================================ MSG.SEND, bulk path
-    def bind_counts(self, counts: dict) -> None:
-        """Count bulk-path SENDs in ``Control.counts`` (keys ``("MSG.SEND", outcome)``)."""
+    def bind_counts(self, counts: dict, observers: list, send_names: dict) -> None:
+        """Count bulk-path SENDs in ``Control.counts`` (keys ``("MSG.SEND", outcome)``), time them
+        for ``Control.observers``, and take SEND frames whose subject ``Control`` has put in
+        ``send_names`` (subject -> address bytes)."""
         self.counts = counts
+        self.observers = observers
+        self.send_names = send_names
 
     def send_nowait(self, nameb: bytes, headers, payload, respond):
         """``MSG.SEND`` without futures (``Control``'s fast path).
@@ -462,104 +468,30 @@ class MailboxService:
             item = (nameb, opts.lane, opts.ttl, bytes(headers),
                     enc_str(opts.key) if opts.key is not None else None,
                     json.dumps(tags, ensure_ascii=False, separators=(",", ":")).encode() if tags else None,
-                    tags, payload, respond)
+                    tags, payload, respond, None)
         else:
-            item = (nameb, payload, respond)  # the common case: no options at all
+            item = (nameb, payload, respond, None)  # the common case: no options at all
         self.store.submit(self._send_bulk, item)
         return None
 
     def _w_send_many(self, txn, items) -> list:
-        """Writer thread: store a segment of SENDs; per item ``(mbid, msg_id)`` or None (no such
-        mailbox).  Each mailbox record is read once and written once per segment.
-
-        Items are ``(name, payload, respond)`` for a SEND without options (normal lane, stored as
-        ``plain_head + payload``) or ``(name, lane, ttl, header block, key, tags JSON, tags,
-        payload, respond)``.
-        """
-        now = _now_ms()
-        sec = now // 1000
-        boxes: dict = {}
-        first_id: dict = {}  # mbid -> next_id when the segment began (to count the plain SENDs)
-        dep = DepthDelta()
-        out: list = []
-        append = out.append
-        mput = txn.cursor(db=self.d_msgs).put
-        pack_key = MSG_KEY.pack
-        cur_name = None
-        box = None
-        head = b""
-        for it in items:
-            nameb = it[0]
-            if nameb != cur_name:
-                cur_name = nameb
-                box = boxes.get(nameb, _MISSING)
-                if box is _MISSING:
-                    box = boxes[nameb] = self._box_or_none(txn, nameb, now)
-                    if box is not None:
-                        first_id[box.mbid] = box.next_id
-                head = b""
-            if box is None:
-                append(None)
-                continue
-            if len(it) == 3:  # no header block, key, tags, TTL: normal lane, plain value
-                mid = box.next_id
-                box.next_id = mid + 1
-                if sec > box.last_sec:
-                    txn.put(BE_U64x2.pack(box.mbid, sec), u64(mid), db=self.d_time)
-                    box.last_sec = sec
-                    head = b""
-                if not head:
-                    head = plain_head(box.last_sec)
-                mput(pack_key(box.mbid, NORMAL, mid), head + it[1])
-            else:
-                ttl = it[2]
-                mid = self._put_message(txn, box, it[1], now, now + ttl * 1000 if ttl else 0,
-                                        it[3], it[4], it[5], it[6], it[7], dep)
-                dep.add(box.mbid, NORMAL, -1)  # (the plain count below includes this id)
-                head = b""
-            append((box.mbid, mid))
-        d_boxes = self.d_boxes
-        for nameb, box in boxes.items():
-            if box is not None:
-                txn.put(nameb, box.encode(), db=d_boxes)
-                # every id taken in this segment is one stored message
-                dep.add(box.mbid, NORMAL, box.next_id - first_id[box.mbid])
-        dep.apply(txn, self.d_depth)
-        return out
+        """Writer thread: store a segment of SENDs (``send.write_sends``)."""
+        return send.write_sends(self, txn, items)
 
     def _sent(self, items, results) -> None:
         """Event loop, after the commit: answer a segment of SENDs and wake long-polls."""
-        counts = self.counts
-        whole = isinstance(results, BaseException)  # the commit failed: every item failed
-        if whole:
-            log.error("mq9 command MSG.SEND failed", exc_info=results)
-            results = [results] * len(items)
-        ok = bad = internal = 0
-        last = -1
-        for it, r in zip(items, results):
-            try:
-                if r.__class__ is tuple:
-                    if r[0] != last:
-                        last = r[0]
-                        self._visible(last)
-                    ok += 1
-                    it[-1](b'{"error":"","msg_id":%d}' % r[1])
-                elif r is None:
-                    bad += 1
-                    it[-1](error_reply(f"mailbox {it[0].decode('utf-8', 'replace')} does not exist"))
-                else:
-                    internal += 1
-                    if not whole:
-                        log.error("mq9 command MSG.SEND failed", exc_info=r)
-                    it[-1](error_reply(f"internal error: {r}"))
-            except Exception:  # noqa: BLE001 - one failed reply must not cost the others theirs
-                log.exception("MSG.SEND reply failed")
-        if ok:
-            counts[("MSG.SEND", "ok")] = counts.get(("MSG.SEND", "ok"), 0) + ok
-        if bad:
-            counts[("MSG.SEND", "error")] = counts.get(("MSG.SEND", "error"), 0) + bad
-        if internal:
-            counts[("MSG.SEND", "internal")] = counts.get(("MSG.SEND", "internal"), 0) + internal
+        send.answer_sends(items, results, self._visible, self.counts, self.observers)
+
+    def take_sends(self, frames: list, start: int, conn, router, on_output, responder) -> int:
+        """Queue the option-less SENDs among ``frames`` from ``start`` on (``send.take_sends``;
+        ``Server`` calls this for the frames of one read); return the index of the first frame
+        left for ordinary dispatch."""
+        items: list = []
+        i = send.take_sends(frames, start, conn, router, self.send_names, items, on_output,
+                            bool(self.observers), responder)
+        if items:
+            self.store.submit_many(self._send_bulk, items)
+        return i
 
     # ================================================================ MSG.FETCH
     def fetch(self, addr: str, payload):

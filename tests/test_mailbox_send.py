@@ -1,0 +1,160 @@
+"""The bulk SEND loops: the compiled ``_send`` module and its pure-Python twin ``send_py``.
+
+Each test runs on both against the real components (parsed frames, the delivery ``Responder``, a
+``MailboxService`` on a real LMDB store); ``test_twins_write_the_same`` checks that the two leave
+the same keys and values in LMDB.  The wire tests cover the same path through a broker.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mq9fast import deliver_py, router_py
+from mq9fast.mailbox import send_py
+from mq9fast.mailbox.layout import URGENT
+from test_mailbox_support import call, engine
+from twins import twin_params
+
+try:
+    from mq9fast import _deliver, _router
+    from mq9fast.mailbox import _send
+except ImportError:  # pragma: no cover - the extensions are built by setup.py
+    _send = _deliver = _router = None
+
+MODS = twin_params((send_py, deliver_py, router_py),
+                   None if _send is None else (_send, _deliver, _router), "mq9fast.mailbox._send")
+SUBJ = b"$mq9.AI.MSG.SEND.a.box"
+
+
+def conn_and_router(d, r):
+    conn = d.Conn("c", [])
+    conn.authed = True
+    router = r.Router()
+    inbox = d.Sub(conn, b"1", b"_INBOX.>", None)
+    conn.subs[b"1"] = inbox
+    router.insert(inbox)
+    return conn, router
+
+
+@pytest.mark.parametrize("mods", MODS)
+def test_take_sends_takes_a_run_of_known_send_frames(mods):
+    s, d, r = mods
+    conn, router = conn_and_router(d, r)
+    flushes = []
+    names = {SUBJ: b"a.box"}
+    frames = [(1, SUBJ, b"_INBOX.1", b"one"), (1, SUBJ, None, b""),
+              (1, b"$mq9.AI.MSG.SEND.other", b"_INBOX.2", b"x"),  # not in names: stops the run
+              (1, SUBJ, b"_INBOX.3", b"three")]
+    items: list = []
+    assert s.take_sends(frames, 0, conn, router, names, items, lambda: flushes.append(1), False,
+                        d.Responder) == 2
+    assert [(it[0], it[1], it[3]) for it in items] == [(b"a.box", b"one", None), (b"a.box", b"", None)]
+    assert conn.msgs_in == 2
+    assert s.take_sends(frames, 2, conn, router, names, items, None, False, d.Responder) == 2
+    assert s.take_sends(frames, 3, conn, router, names, items, lambda: flushes.append(1), True,
+                        d.Responder) == 4
+    assert isinstance(items[-1][3], float)  # timed: arrival time recorded
+    # each respond() answers on the request's own reply subject, once
+    items[0][2](b"r0")
+    items[1][2](b"r1")      # no reply subject: nothing to send
+    items[2][2](b"r2")
+    assert bytes(conn.out) == b"MSG _INBOX.1 1 2\r\nr0\r\nMSG _INBOX.3 1 2\r\nr2\r\n"
+    assert flushes == [1, 1]
+
+
+@pytest.mark.parametrize("mods", MODS)
+def test_take_sends_refuses_unauthenticated_and_answers_verbose(mods):
+    s, d, r = mods
+    conn, router = conn_and_router(d, r)
+    frames = [(1, SUBJ, b"_INBOX.1", b"x"), (2, SUBJ, b"_INBOX.1", 0, b"x")]  # PUB, then an HPUB
+    items: list = []
+    conn.authed = False
+    assert s.take_sends(frames, 0, conn, router, {SUBJ: b"a.box"}, items, None, False, d.Responder) == 0
+    conn.authed = True
+    conn.verbose = True
+    assert s.take_sends(frames, 0, conn, router, {SUBJ: b"a.box"}, items, None, False, d.Responder) == 1
+    assert bytes(conn.out) == b"+OK\r\n" and len(items) == 1
+
+
+def _items(payloads, name=b"a.box", respond=None):
+    return [(name, p, respond, None) for p in payloads]
+
+
+async def _write(svc, mod, items):
+    return await svc.store.write(lambda txn: mod.write_sends(svc, txn, items))
+
+
+@pytest.mark.parametrize("mods", MODS)
+async def test_write_sends_stores_messages_and_ids(mods, tmp_path):
+    s = mods[0]
+    async with engine(tmp_path) as svc:
+        await call(svc.create(json.dumps({"name": "a.box", "ttl": 0}).encode()))
+        await call(svc.create(json.dumps({"name": "b.box", "ttl": 0}).encode()))
+        items = _items([b"p0", b"", bytes(range(256))]) + _items([b"b0"], b"b.box") \
+            + _items([b"lost"], b"no.such") + _items([b"p3"])
+        # one SEND with options in the middle: urgent lane, a key and tags
+        items.insert(2, (b"a.box", URGENT, 0, b"NATS/1.0\r\nmq9-priority: urgent\r\n\r\n", b"k",
+                         b'["t"]', ["t"], b"opt", None, None))
+        out = await _write(svc, s, items)
+        mbid_a = out[0][0]
+        assert [r[1] if r else r for r in out] == [0, 1, 2, 3, 0, None, 4]
+        assert out[4][0] != mbid_a
+        import base64
+        msgs = await call(svc.fetch("a.box", json.dumps({"deliver": "earliest", "config": {"num_msgs": 10}}).encode()))
+        got = [(m["msg_id"], m["priority"], m["payload"]) for m in msgs["messages"]]
+        assert got == [(2, "urgent", base64.b64encode(b"opt").decode())] + [
+            (i, "normal", base64.b64encode(p).decode())
+            for i, p in ((0, b"p0"), (1, b""), (3, bytes(range(256))), (4, b"p3"))]
+        # ids continue in the next segment; the stored-message counters include every message
+        out = await _write(svc, s, _items([b"next"]))
+        assert out == [(mbid_a, 5)]
+        assert svc.stats()["messages_stored"] == 7
+
+
+@pytest.mark.parametrize("mods", MODS)
+def test_answer_sends_replies_counts_and_observes(mods):
+    s = mods[0]
+    replies: list = []
+    woken: list = []
+    counts: dict = {}
+    seen: list = []
+    items = [(b"a", b"x", replies.append, 1.0), (b"a", b"y", replies.append, None),
+             (b"zz", b"y", replies.append, None), (b"b", b"w", replies.append, None),
+             (b"a", b"v", replies.append, None)]
+    results = [(7, 0), (7, 1), None, (9, 4), ValueError("boom")]
+    s.answer_sends(items, results, woken.append, counts, [lambda *a: seen.append(a)])
+    assert replies == [b'{"error":"","msg_id":0}', b'{"error":"","msg_id":1}',
+                       b'{"error":"mailbox zz does not exist"}', b'{"error":"","msg_id":4}',
+                       b'{"error":"internal error: boom"}']
+    assert woken == [7, 9]
+    assert counts == {("MSG.SEND", "ok"): 3, ("MSG.SEND", "error"): 1, ("MSG.SEND", "internal"): 1}
+    assert len(seen) == 1 and seen[0][:2] == ("MSG.SEND", "") and seen[0][2] > 0
+    # a failed commit fails every item
+    replies.clear()
+    s.answer_sends(items[:2], RuntimeError("disk"), woken.append, counts, [])
+    assert replies == [b'{"error":"internal error: disk"}'] * 2
+    assert counts[("MSG.SEND", "internal")] == 3
+
+
+async def test_twins_write_the_same(tmp_path):
+    if _send is None:
+        pytest.skip("compiled extension mq9fast.mailbox._send not built "
+                    "(pip install . or python setup.py build_ext --inplace)")
+    dumps = []
+    for mod in (send_py, _send):
+        path = tmp_path / mod.__name__
+        async with engine(path) as svc:
+            await call(svc.create(json.dumps({"name": "a.box", "ttl": 0}).encode()))
+            items = _items([b"m%d" % i for i in range(50)]) + _items([b"x"], b"gone")
+            await _write(svc, mod, items)
+            rtxn = svc.store.env.begin()
+            try:
+                stats = svc.stats()  # (the counters, compared too)
+                vals = {bytes(k): bytes(v)[:1] + bytes(v)[5:]  # (the create time is masked)
+                        for k, v in rtxn.cursor(db=svc.d_msgs)}
+            finally:
+                rtxn.abort()
+            dumps.append((stats, vals))
+    assert dumps[0] == dumps[1]
+    assert len(dumps[0][1]) == 50
