@@ -158,3 +158,55 @@ async def test_twins_write_the_same(tmp_path):
             dumps.append((stats, vals))
     assert dumps[0] == dumps[1]
     assert len(dumps[0][1]) == 50
+
+
+def test_pipelined_sends_on_the_wire(shared_broker):
+    """One TCP write holding a CREATE, plain SENDs (the first through the ordinary dispatch, the
+    rest through ``take_sends``), an HPUB SEND with options and a FETCH in the middle: every
+    command gets +OK (verbose), every SEND its own reply with ids in order, nothing is lost."""
+    from test_mailbox_support import uniq
+    from test_nats_raw import Raw
+
+    addr = uniq("pipe").encode()
+    r = Raw(shared_broker, {"verbose": True})
+    subj = b"$mq9.AI.MSG.SEND." + addr
+    payloads = [bytes([i]) * i + b"\r\n\x00" for i in range(40)]  # binary, CRLF inside, empty-ish
+    hdr = b"NATS/1.0\r\nmq9-priority: urgent\r\n\r\n"
+    create = json.dumps({"name": addr.decode(), "ttl": 0}).encode()
+    wire = [b"SUB _R.> 1\r\n", b"PUB $mq9.AI.MAILBOX.CREATE _R.c %d\r\n%s\r\n" % (len(create), create)]
+    for i, p in enumerate(payloads):
+        wire.append(b"PUB %s _R.%d %d\r\n%s\r\n" % (subj, i, len(p), p))
+        if i == 20:
+            wire.append(b"HPUB %s _R.u %d %d\r\n%sU\r\n" % (subj, len(hdr), len(hdr) + 1, hdr))
+            wire.append(b"PUB $mq9.AI.MSG.FETCH.%s _R.f 2\r\n{}\r\n" % addr)
+    r.send(b"".join(wire))
+    oks, replies = 0, {}
+    while len(replies) < len(payloads) + 3:
+        line = r.line()
+        if line == b"+OK":
+            oks += 1
+            continue
+        parts = line.split()
+        assert parts[0] == b"MSG", line
+        replies[parts[1].decode()] = json.loads(r.read(int(parts[-1]) + 2)[:-2])
+    assert oks == 1 + 1 + len(payloads) + 2
+    # (the FETCH in the middle reads what is committed, so it may not see the CREATE yet: it only
+    # has to be answered)
+    assert "error" in replies.pop("_R.f")
+    assert all(v["error"] == "" for v in replies.values()), replies
+    ids = [replies[f"_R.{i}"]["msg_id"] for i in range(len(payloads))]
+    assert ids == list(range(21)) + list(range(22, 41))
+    assert replies["_R.u"]["msg_id"] == 21
+    # everything is stored, urgent first, payloads byte for byte
+    r.send(b"PUB $mq9.AI.MSG.FETCH.%s _R.g %d\r\n%s\r\n" % (
+        addr, len(b'{"deliver":"earliest","config":{"num_msgs":100}}'),
+        b'{"deliver":"earliest","config":{"num_msgs":100}}'))
+    while True:
+        line = r.line()
+        if line != b"+OK":
+            break
+    import base64
+    got = json.loads(r.read(int(line.split()[-1]) + 2)[:-2])["messages"]
+    assert [m["msg_id"] for m in got] == [21] + list(range(21)) + list(range(22, 41))
+    assert [base64.b64decode(m["payload"]) for m in got] == [b"U"] + payloads
+    r.close()

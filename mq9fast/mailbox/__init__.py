@@ -10,7 +10,9 @@ Modules: ``service`` (commands, timers), ``layout`` (every key/value format), ``
 ``volatile`` (the lease environment), ``stats`` (``stats()``/``list_mailboxes()`` for the HTTP
 side port, and the stored-message counters), ``_scan`` (compiled FETCH/ACK loops: lane walk + JSON/base64
 encoding of option-less messages, leases, watermark walk) with its pure-Python twin ``scan_py``,
-selected by ``hot`` (``MQ9FAST_PURE_PYTHON`` forces the twin).
+and ``_send`` (compiled bulk SEND loops: SEND frames -> writer items, the LMDB writes of a run of
+SENDs, the replies) with its twin ``send_py``, both selected by ``hot`` (``MQ9FAST_PURE_PYTHON``
+forces the twins).
 
 State of record: LMDB
 =====================
@@ -81,9 +83,9 @@ Durability and concurrency
 * Every change goes through the group-commit writer (``storage.Store``) and runs in its transaction
   on the storage writer thread; the reply is sent after the commit is durable (``--fsync``).  SENDs
   and ACKs arriving together share one transaction and one fsync.  SENDs take the bulk path
-  (``send_nowait`` -> ``Store.submit``): a run of consecutive SENDs is applied by one call
-  (``_w_send_many``: each mailbox record read and written once per run, no child transaction per
-  message) and answered by one completion (``_sent``) without futures; the other commands use
+  (``take_sends``/``send_nowait`` -> ``Store.submit_many``): a run of consecutive SENDs is applied
+  by one call (``send.write_sends``: each mailbox record read and written once per run, no child
+  transaction per message) and answered by one completion (``send.answer_sends``) without futures; the other commands use
   ``Store.write``/``write_cb`` with a child transaction each.  Ids are taken from ``next_id`` inside
   that transaction, so they are unique and gap-free in commit order even with several writer
   processes (LMDB serialises writers).  kill -9 loses nothing that was answered.
