@@ -122,10 +122,10 @@ def test_answer_sends_replies_counts_and_observes(mods):
     items = [(b"a", b"x", replies.append, 1.0), (b"a", b"y", replies.append, None),
              (b"zz", b"y", replies.append, None), (b"b", b"w", replies.append, None),
              (b"a", b"v", replies.append, None)]
-    results = [(7, 0), (7, 1), None, (9, 4), ValueError("boom")]
+    results = [(7, 0), (7, 1), None, (9, 18446744073709551615), ValueError("boom")]
     s.answer_sends(items, results, woken.append, counts, [lambda *a: seen.append(a)])
     assert replies == [b'{"error":"","msg_id":0}', b'{"error":"","msg_id":1}',
-                       b'{"error":"mailbox zz does not exist"}', b'{"error":"","msg_id":4}',
+                       b'{"error":"mailbox zz does not exist"}', b'{"error":"","msg_id":18446744073709551615}',
                        b'{"error":"internal error: boom"}']
     assert woken == [7, 9]
     assert counts == {("MSG.SEND", "ok"): 3, ("MSG.SEND", "error"): 1, ("MSG.SEND", "internal"): 1}

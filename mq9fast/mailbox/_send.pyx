@@ -39,8 +39,32 @@ cdef object _clock = time.perf_counter
 cdef object _wall = time.time
 
 
-cdef extern from "Python.h":
-    bytes PyBytes_FromFormat(const char* fmt, ...)
+cdef const char* _ID_HEAD = b'{"error":"","msg_id":'
+DEF ID_HEAD_LEN = 21
+
+
+cdef bytes _id_reply(uint64_t mid):
+    """``b'{"error":"","msg_id":%d}' % mid`` (digits written backwards into a stack buffer)."""
+    cdef char digits[20]
+    cdef int nd = 0
+    cdef bytes out
+    cdef char* p
+    while True:
+        digits[nd] = <char>(48 + mid % 10)
+        nd += 1
+        mid //= 10
+        if mid == 0:
+            break
+    out = PyBytes_FromStringAndSize(NULL, ID_HEAD_LEN + nd + 1)
+    p = PyBytes_AS_STRING(out)
+    memcpy(p, _ID_HEAD, ID_HEAD_LEN)
+    p += ID_HEAD_LEN
+    while nd:
+        nd -= 1
+        p[0] = digits[nd]
+        p += 1
+    p[0] = 125  # "}"
+    return out
 
 
 cpdef Py_ssize_t take_sends(list frames, Py_ssize_t start, Conn conn, Router router, dict names,
@@ -194,7 +218,7 @@ def answer_sends(list items, results, visible, dict counts, list observers):
                     last = rt[0]
                     visible(last)
                 ok += 1
-                body = PyBytes_FromFormat(b'{"error":"","msg_id":%zu}', <size_t>rt[1])
+                body = _id_reply(<uint64_t>rt[1])
             elif r is None:
                 bad += 1
                 body = error_reply(f"mailbox {it[0].decode('utf-8', 'replace')} does not exist")
