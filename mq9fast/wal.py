@@ -30,7 +30,10 @@ state; it rebuilds it from the last *checkpoint* plus the log:
   ``OpLog``: ``_wallog.pyx``, twin ``wallog_py.py``); the crc covers the file's *epoch*
   too, so records left over from an earlier use of the file never validate.  A record is written
   and fdatasynced while the transaction still holds LMDB's writer lock, so record order by
-  ``txnid`` is the global commit order over all workers.
+  ``txnid`` is the global commit order over all workers.  Where the filesystem allows it the
+  record goes through an ``O_DIRECT | O_DSYNC`` descriptor (durable when ``pwrite`` returns: no
+  page-cache copy, no separate fdatasync), rewriting its first block's earlier bytes unchanged and
+  padding with zeros to the block end; elsewhere it is ``pwritev`` + ``fdatasync``.
 * **Recovery** (``recover``, before LMDB is opened): the checkpoint file names the boot it was
   taken in (``/proc/sys/kernel/random/boot_id``).  In the same boot the page cache survived (a
   process crash, kill -9, a clean stop): LMDB is current and nothing is replayed.  After a reboot
@@ -49,9 +52,11 @@ Invariants:
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
+import mmap
 import os
 import shutil
 import struct
@@ -82,6 +87,11 @@ CHUNK_MIN = 1 << 20
 CHUNK_MAX = 16 << 20
 SWITCH_BYTES = 64 << 20         # move to the other file past this (once it is checkpointed)
 SWITCH_RETRY_BYTES = 1 << 20    # ... and while it is not, look again after this much more
+#: direct I/O unit: appends rewrite the record's blocks from this boundary, padded to it
+ALIGN = 4096
+#: append through ``O_DIRECT | O_DSYNC`` where the filesystem allows it (``MQ9FAST_WAL_DIRECT=0``:
+#: always write + fdatasync; a test and A/B switch)
+DIRECT = os.environ.get("MQ9FAST_WAL_DIRECT", "1") != "0" and hasattr(os, "O_DIRECT")
 CHECKPOINT_FILE = "checkpoint"
 WAL_DIR = "wal"
 
@@ -219,6 +229,13 @@ def _records(fd: int, epoch: int, size: int):
         yield off, txnid, flags, body
 
 
+def _open_direct(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDWR | os.O_DIRECT | os.O_DSYNC)
+    except OSError:  # e.g. a filesystem without direct I/O
+        return None
+
+
 def wal_dir(path: str, gen: int) -> str:
     return os.path.join(path, WAL_DIR, str(gen))
 
@@ -232,6 +249,9 @@ class Wal:
         self.paths = [os.path.join(self.dir, f"{worker}.{s}") for s in "ab"]
         self.ckpt_path = os.path.join(path, CHECKPOINT_FILE)
         self.fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p in self.paths]
+        #: the same files opened O_DIRECT | O_DSYNC (None: not supported here, see ``append``)
+        self.dfds: list = [_open_direct(p) for p in self.paths] if DIRECT else [None, None]
+        self._buf: mmap.mmap | None = None   # page-aligned staging buffer of direct appends
         self.appends = 0
         self.bytes = 0
         self.seconds = 0.0     # in write + fdatasync
@@ -260,6 +280,12 @@ class Wal:
             self.size = os.fstat(self.fds[self.cur]).st_size
             self._switch_at = SWITCH_BYTES
         self._seed = zlib.crc32(struct.pack("<Q", self.epoch))
+        self._load_tail()
+
+    def _load_tail(self) -> None:
+        """Keep the bytes of the current block before ``off``: a direct append rewrites them."""
+        start = self.off - self.off % ALIGN
+        self._tail = os.pread(self.fds[self.cur], self.off - start, start)
 
     def _start_file(self, i: int, epoch: int) -> None:
         fd = self.fds[i]
@@ -274,6 +300,7 @@ class Wal:
         self._switch_at = SWITCH_BYTES
         self.max_txnid[i] = 0
         self._seed = zlib.crc32(struct.pack("<Q", epoch))
+        self._load_tail()
 
     def _extend(self, fd: int, to: int) -> None:
         zeros = bytes(1 << 20)
@@ -294,8 +321,10 @@ class Wal:
         if end > self.size:
             self._extend(fd, end + max(CHUNK_MIN, min(CHUNK_MAX, self.size // 2)))
         t0 = time.perf_counter()
-        os.pwritev(fd, [rec, body], self.off)
-        os.fdatasync(fd)
+        dfd = self.dfds[self.cur]
+        if dfd is None or not self._write_direct(dfd, rec, body, end):
+            os.pwritev(fd, [rec, body], self.off)
+            os.fdatasync(fd)
         dt = time.perf_counter() - t0
         self.seconds += dt
         for ob in self.observers:
@@ -306,6 +335,37 @@ class Wal:
         self.appends += 1
         self.bytes += len(rec) + len(body)
 
+    def _write_direct(self, dfd: int, rec: bytes, body: bytes, end: int) -> bool:
+        """Write the record through the O_DIRECT | O_DSYNC descriptor: the blocks from the one
+        holding ``off`` on, that block's earlier bytes (``_tail``) rewritten unchanged, zeros after
+        the record.  Durable on return: no fdatasync, no page-cache copy (≈ 30 µs less CPU and
+        15-40 µs less latency than write + fdatasync on this VM).  False if the filesystem refuses
+        direct I/O (the descriptors are dropped; the caller writes the ordinary way)."""
+        start = self.off - len(self._tail)
+        n = len(self._tail) + len(rec) + len(body)
+        padded = -(-n // ALIGN) * ALIGN
+        buf = self._buf
+        if buf is None or len(buf) < padded:
+            buf = self._buf = mmap.mmap(-1, max(padded, 1 << 20))
+        buf[:len(self._tail)] = self._tail
+        buf[len(self._tail):len(self._tail) + len(rec)] = rec
+        buf[len(self._tail) + len(rec):n] = body
+        buf[n:padded] = bytes(padded - n)
+        try:
+            os.pwrite(dfd, memoryview(buf)[:padded], start)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            log.warning("log %s: direct I/O refused (%s); using write + fdatasync", self.dir, exc)
+            for i, d in enumerate(self.dfds):
+                if d is not None:
+                    os.close(d)
+                self.dfds[i] = None
+            return False
+        keep = end % ALIGN
+        self._tail = bytes(buf[n - keep:n]) if keep else b""
+        return True
+
     def _maybe_switch(self) -> None:
         other = 1 - self.cur
         ck = read_checkpoint(self.ckpt_path)
@@ -315,7 +375,7 @@ class Wal:
             self._switch_at = self.off + SWITCH_RETRY_BYTES
 
     def close(self) -> None:
-        for fd in self.fds:
+        for fd in self.fds + [d for d in self.dfds if d is not None]:
             try:
                 os.close(fd)
             except OSError:
