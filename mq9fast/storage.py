@@ -36,7 +36,8 @@ pipelined CREATE + SEND still see each other in order.
 Durability policy (``--fsync``)
 ===============================
 * ``always``   - the group commit's transaction is first written to the write-ahead log and that
-  log is fdatasynced (``mq9fast/wal.py``: one device flush, ≈ 120-140 µs); then the LMDB
+  log is made durable (``mq9fast/wal.py``: one device flush, ≈ 110-150 µs, through
+  ``O_DIRECT | O_DSYNC`` where the filesystem allows it); then the LMDB
   transaction commits *unsynced* and the replies go out.  LMDB is synced at checkpoints (every
   ``checkpoint_interval``, default 1 s, while this process writes), whose snapshot stays pinned by
   an open reader.  kill -9 loses nothing answered (the page cache holds every commit); after a
@@ -65,6 +66,11 @@ Durability policy (``--fsync``)
     131-179 k SEND/s at 256 in flight, 6 paired runs): two more thread hand-offs per batch on one
     core cost what the overlap saved - and it would have let readers see a batch before it was
     durable.
+  - Re-measured after the compiled SEND path (``mailbox/_send.pyx``) cut a SEND's CPU from ≈ 4.4
+    to ≈ 3.1 µs: splitting a big pending segment in two at an idle writer (2 flushes per 256
+    SENDs instead of 1) fell from 220-278 k to 139-167 k SEND/s, CPU per SEND up from 2.5-3.2 to
+    4.7-5.8 µs (3 paired runs): each flush costs ≈ 60 µs of kernel CPU (≈ 30 µs with direct I/O),
+    so fewer, larger batches win on one core.
 * ``interval`` - commits are not synced; a timer syncs every ``fsync_interval_ms``.  A crash of the
   process loses nothing (the pages are in the OS cache); a power cut may lose the last interval.
 * ``never``    - never synced by us (the OS writes back eventually).
