@@ -331,7 +331,11 @@ class Store:
             batch = jobs.get()
             if batch is None:
                 return
-            results = self._run_batch(batch)
+            try:
+                results = self._run_batch(batch)
+            except BaseException as exc:  # noqa: BLE001 - a bug must fail this batch, not the thread
+                log.exception("group commit failed")
+                results = exc
             try:
                 self._loop.call_soon_threadsafe(self._done, batch, results)
             except RuntimeError:  # the loop is gone (shutdown without drain): nobody to tell
@@ -346,7 +350,11 @@ class Store:
         env = self.env
         results: list = []
         ops = wal.OpLog() if self.logged else None
-        txn = env.begin(write=True)
+        try:
+            txn = env.begin(write=True)
+        except BaseException as exc:  # noqa: BLE001 - e.g. an environment that became unusable
+            log.exception("group commit failed: no write transaction")
+            return exc
         try:
             for entry in batch:
                 if entry.__class__ is Segment:
@@ -499,6 +507,8 @@ class Store:
                 self.checkpointer.close()
             elif self.fsync != "never":
                 self.env.sync(True)
+        except Exception:  # noqa: BLE001 - the log still holds every commit; stop anyway
+            log.exception("final checkpoint/sync failed")
         finally:
             if self.wal is not None:
                 self.wal.close()

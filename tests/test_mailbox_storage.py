@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import lmdb
 import pytest
 
 from mq9fast.config import Config
@@ -111,6 +112,31 @@ async def test_write_failures_stay_isolated_and_next_batches_run(store):
     await asyncio.sleep(0)
     futs += [store.write(good) for _ in range(3)]
     assert await asyncio.gather(*futs) == [1] * 6
+
+
+async def test_a_failing_write_transaction_fails_the_batch_and_never_hangs(tmp_path):
+    """LMDB refusing to begin the write transaction (here: the real environment closed under the
+    store) answers every request of the batch with that error; the writer thread survives, so
+    the next batch is answered too and drain/close finish."""
+    s = Store(str(tmp_path / "data"), map_size=1 << 26)
+    s.start()
+    bulk = Bulk(s)
+    db = s.db("t")
+    assert await s.write(lambda txn: txn.put(b"a", b"1", db=db)) is True
+    s.env.close()
+    f = s.write(lambda txn: txn.put(b"b", b"2", db=db))
+    s.submit(bulk, (b"c", b"3"))
+    with pytest.raises(lmdb.Error):  # (a hung writer would raise TimeoutError instead)
+        await asyncio.wait_for(f, 5)
+    for _ in range(50):
+        if bulk.done_calls:
+            break
+        await asyncio.sleep(0.05)
+    assert isinstance(bulk.done_calls[0][1], lmdb.Error)
+    with pytest.raises(lmdb.Error):
+        await asyncio.wait_for(s.write(lambda txn: None), 5)  # the writer thread is still there
+    await asyncio.wait_for(s.drain(), 5)
+    s.close()
 
 
 async def test_submit_after_close_fails_the_item(tmp_path):
