@@ -30,7 +30,8 @@ in the memo, ``send_names`` lets the server hand such frames (PUB, no headers) s
 
 Observers: ``Control.observers`` is a list of ``fn(command, outcome, seconds)`` called with every
 command's dispatch-to-reply latency (the HTTP side port's histogram appends itself here instead of
-wrapping ``dispatch``); with the list empty, nothing is timed.
+wrapping ``dispatch``); with the list empty, nothing is timed.  An observer with a ``many(command,
+outcome, seconds_list)`` method gets the SENDs of one commit in one call.
 """
 from __future__ import annotations
 

@@ -299,6 +299,7 @@ def test_collector_reads_service_stats_hooks():
     broker.control.observers[0]("MSG.FETCH", "ok", 0.002)
     broker.control.observers[0]("MSG.FETCH", "ok", 0.0005)   # on a bound: counted in that bucket
     broker.control.observers[0]("NOT.A.COMMAND", "ok", 0.03)
+    broker.control.observers[0].many("MSG.QUERY", "", [0.0005, 0.002, 0.002])  # one call per batch
     broker.store.batch_observers[0](12)
     text = generate_latest(metrics.registry).decode()
     for line in ('mq9fast_stored_messages{priority="urgent"} 2.0', "mq9fast_leases_outstanding 4.0",
@@ -310,6 +311,9 @@ def test_collector_reads_service_stats_hooks():
                  'mq9fast_command_duration_seconds_bucket{command="MSG.FETCH",le="+Inf"} 2.0',
                  'mq9fast_command_duration_seconds_sum{command="MSG.FETCH"} 0.0025',
                  'mq9fast_command_duration_seconds_count{command="unknown"} 1.0',
+                 'mq9fast_command_duration_seconds_bucket{command="MSG.QUERY",le="0.0005"} 1.0',
+                 'mq9fast_command_duration_seconds_bucket{command="MSG.QUERY",le="0.0025"} 3.0',
+                 'mq9fast_command_duration_seconds_sum{command="MSG.QUERY"} 0.0045',
                  "mq9fast_fsync_batch_size_count 1.0", 'mq9fast_commands_total{command="MSG.SEND",outcome="ok"} 2.0'):
         assert line in text, line
     metrics.uninstall()

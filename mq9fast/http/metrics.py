@@ -336,12 +336,24 @@ class CommandLatency(Collector):
         return [[0] * (len(self.bounds) + 1), 0.0]   # per-bucket counts (last: +Inf), sum
 
     def observe_command(self, command: str, outcome: str, seconds: float) -> None:
-        """A ``Control.observers`` hook (called directly: no wrapper in between)."""
+        """One command's latency (``Control.observers`` calls the object itself: ``__call__``)."""
         h = self.by_command.get(command)
         if h is None:
             h = self.by_command["unknown"]
         h[0][bisect_left(self.bounds, seconds)] += 1
         h[1] += seconds
+
+    __call__ = observe_command
+
+    def many(self, command: str, outcome: str, seconds: list) -> None:
+        """The latencies of many commands at once (the bulk SEND path: one call per commit)."""
+        h = self.by_command.get(command)
+        if h is None:
+            h = self.by_command["unknown"]
+        counts, bounds = h[0], self.bounds
+        for s in seconds:
+            counts[bisect_left(bounds, s)] += 1
+        h[1] += sum(seconds)
 
     def collect(self) -> Iterable[Metric]:
         fam = HistogramMetricFamily(self.NAME, self.DOC, labels=["command"])
@@ -364,8 +376,8 @@ class Metrics:
         self.registry.register(self.collector)
         self.latency = CommandLatency()
         self.registry.register(self.latency)
-        #: the hook for ``Control.observers``
-        self.observe_command = self.latency.observe_command
+        #: the hook for ``Control.observers`` (callable per command, ``many`` per batch)
+        self.observe_command = self.latency
         self.batch_size = Histogram("mq9fast_fsync_batch_size", "write requests per group commit (fsync)",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.wal_sync = Histogram("mq9fast_wal_sync_duration_seconds",

@@ -153,14 +153,19 @@ def answer_sends(items: list, results, visible, counts: dict, observers: list) -
 
 
 def _observe(items: list, results: list, observers: list) -> None:
-    """Arrival-to-reply latency of every timed item (as ``Control``'s ``_timed`` wrapper)."""
+    """Arrival-to-reply latency of every timed item (as ``Control``'s ``_timed`` wrapper), in one
+    ``ob.many(command, outcome, seconds)`` call per observer that has it."""
     now = time.perf_counter()
-    for it, r in zip(items, results):
-        t0 = it[-1]
-        if t0 is None:
-            continue
-        for ob in observers:
-            try:
-                ob("MSG.SEND", "", now - t0)
-            except Exception:  # noqa: BLE001 - metrics never break a reply
-                pass
+    dts = [now - it[-1] for it in items if it[-1] is not None]
+    if not dts:
+        return
+    for ob in observers:
+        try:
+            many = getattr(ob, "many", None)
+            if many is not None:
+                many("MSG.SEND", "", dts)
+            else:
+                for dt in dts:
+                    ob("MSG.SEND", "", dt)
+        except Exception:  # noqa: BLE001 - metrics never break a reply
+            pass
