@@ -45,6 +45,9 @@ log = logging.getLogger("mq9fast.control")
 
 PREFIX = "$mq9.AI"
 MSG_PREFIX = b"$mq9.AI.MSG."
+#: mailbox reads: each sees every earlier mailbox write of its connection (``Server._process``).
+#: (Not DISCOVER: a REGISTER reaches the store only after its embedding, off the event loop.)
+READ_PREFIXES = (b"$mq9.AI.MSG.FETCH.", b"$mq9.AI.MSG.QUERY.")
 #: at most this many subjects are remembered by the fast path
 FAST_MEMO = 4096
 Reply = Union[dict, bytes]
@@ -98,6 +101,9 @@ class Control:
         self.send_names: dict[bytes, bytes] = {}
         #: ``mailbox.take_sends`` (see ``Server``'s read loop), or None
         self.take_sends: Callable | None = None
+        #: the services' group-commit ``Store`` (``Server`` orders a connection's reads after its
+        #: writes with it), or None
+        self.store = getattr(mailbox, "store", None) or getattr(registry, "store", None)
         if mailbox is not None and hasattr(mailbox, "send_nowait"):
             mailbox.bind_counts(self.counts, self.observers, self.send_names)
             self.take_sends = mailbox.take_sends

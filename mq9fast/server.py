@@ -25,7 +25,7 @@ import string
 import time
 
 from . import __version__
-from .control import Control
+from .control import READ_PREFIXES, Control
 
 if os.environ.get("MQ9FAST_PURE_PYTHON"):  # run on the pure-Python twins (tests, debugging)
     from . import deliver_py as _deliver
@@ -82,7 +82,7 @@ class Client(asyncio.Protocol):
 
     __slots__ = ("server", "cid", "core", "transport", "parser", "connected", "pings_out",
                  "last_in", "peer", "name", "lang", "version", "auth_timer", "bytes_in", "start",
-                 "interest_changed", "pongs_due")
+                 "interest_changed", "pongs_due", "write_seq", "backlog")
 
     def __init__(self, server: "Server") -> None:
         self.server = server
@@ -102,6 +102,10 @@ class Client(asyncio.Protocol):
         self.start = time.time()
         self.interest_changed = False  # SUB/UNSUB since the last PONG (workers: _answer_pings)
         self.pongs_due = 0
+        #: ``Store.submitted`` after this connection's last write command (see ``_process``)
+        self.write_seq = 0
+        #: frames held back while a read waits for this connection's earlier writes, else None
+        self.backlog: list | None = None
 
     @property
     def closed(self) -> bool:
@@ -149,31 +153,74 @@ class Client(asyncio.Protocol):
         self.pings_out = 0
         self.bytes_in += len(data)
         frames = self.parser.feed(data)
-        router = self.server.router
-        take_sends = self.server.control.take_sends
-        i, n = 0, len(frames)
+        if self.backlog is not None:  # a read is waiting for our writes: keep the order
+            self.backlog.extend(frames)
+            return
+        self._process(frames, 0)
+
+    def _process(self, frames: list, i: int) -> None:
+        """Handle ``frames[i:]`` in order.  Per connection, a mailbox read (FETCH, QUERY) sees
+        every write this connection sent before it, as a pipelining client expects: if one of
+        them is not committed yet, the read and everything after it wait (``backlog``, reading
+        paused) until it is (``Store.when_done``), and resume in ``_resume``."""
+        core = self.core
+        server = self.server
+        router = server.router
+        take_sends = server.control.take_sends
+        store = server.control.store
+        n = len(frames)
         while i < n:
             i = route_frames(frames, i, core, router)  # plain publishes, compiled
-            if i < n:
-                f = frames[i]
-                if f[0] == OP_PUB and core.authed and not core.closed:  # an mq9 command
-                    if take_sends is not None:  # a run of plain SENDs: straight to the mailbox
-                        j = take_sends(frames, i, core, router, self.server.schedule_flush, Responder)
-                        if j > i:
-                            i = j
-                            continue
-                    core.msgs_in += 1
-                    if core.verbose:
-                        core.write(OK)
-                    self.server.command(self, f[1], f[2], 0, f[3])
+            if i >= n:
+                break
+            f = frames[i]
+            op = f[0]
+            if (op == OP_PUB or op == OP_HPUB) and core.authed and not core.closed:  # mq9 command
+                if op == OP_PUB and take_sends is not None:  # a run of plain SENDs: straight in
+                    j = take_sends(frames, i, core, router, server.schedule_flush, Responder)
+                    if j > i:
+                        i = j
+                        if store is not None:
+                            self.write_seq = store.submitted
+                        continue
+                if store is None:
+                    before = 0
                 else:
-                    self._frame(f)
-                    if core.closed:
+                    if self.write_seq > store.completed and f[1].startswith(READ_PREFIXES):
+                        self._hold(frames[i:], store)
                         break
-                i += 1
+                    before = store.submitted
+                core.msgs_in += 1
+                if core.verbose:
+                    core.write(OK)
+                if op == OP_PUB:
+                    server.command(self, f[1], f[2], 0, f[3])
+                else:
+                    server.command(self, f[1], f[2], f[3], f[4])
+                if store is not None and store.submitted != before:
+                    self.write_seq = store.submitted
+            else:
+                self._frame(f)
+                if core.closed:
+                    break
+            i += 1
         if self.pongs_due:
             self._answer_pings()
-        self.server.schedule_flush()
+        server.schedule_flush()
+
+    def _hold(self, frames: list, store) -> None:
+        self.backlog = frames
+        if self.transport is not None:
+            self.transport.pause_reading()  # the peer's further bytes wait in the kernel
+        store.when_done(self.write_seq, self._resume)
+
+    def _resume(self) -> None:
+        frames, self.backlog = self.backlog, None
+        if self.core.closed or frames is None:
+            return
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self._process(frames, 0)
 
     def _answer_pings(self) -> None:
         """Workers: PONG only once every worker knows this client's subscriptions.

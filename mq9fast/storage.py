@@ -111,6 +111,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import queue
@@ -176,6 +177,11 @@ class Store:
         self._thread: threading.Thread | None = None
         self._pending: list = []          # (fn, future) tuples and Segment objects
         self._seg: Segment | None = None  # the trailing segment of _pending, if any
+        #: requests queued so far / answered so far (counts in submission order; see ``when_done``)
+        self.submitted = 0
+        self.completed = 0
+        self._batch_ends: collections.deque = collections.deque()  # ``submitted`` at each kick
+        self._done_waiters: collections.deque = collections.deque()  # (seq, fn) by seq
         self._busy = False
         self._kick_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -255,6 +261,7 @@ class Store:
             return fut
         self._pending.append((fn, fut))
         self._seg = None
+        self.submitted += 1
         if not self._busy and not self._kick_scheduled:
             # Let the rest of this tick's requests join the batch.
             self._kick_scheduled = True
@@ -270,6 +277,7 @@ class Store:
             return
         self._pending.append((fn, cb, None))
         self._seg = None
+        self.submitted += 1
         if not self._busy and not self._kick_scheduled:
             self._kick_scheduled = True
             self._loop.call_soon(self._kick)
@@ -285,10 +293,12 @@ class Store:
             # a trailing segment means requests are pending, so a kick is scheduled or the writer
             # is busy (and _done kicks); close() clears _seg
             seg.items.extend(items)
+            self.submitted += len(items)
             return
         if self._closed or self._loop is None:
             bulk.done(items, RuntimeError("store is closed"))
             return
+        self.submitted += len(items)
         self._seg = Segment(bulk, items)
         self._pending.append(self._seg)
         if not self._busy and not self._kick_scheduled:
@@ -322,6 +332,7 @@ class Store:
         batch, self._pending = self._pending, []
         self._seg = None
         self._busy = True
+        self._batch_ends.append(self.submitted)  # this batch holds everything queued so far
         self._jobs.put(batch)
 
     # -- writer thread --------------------------------------------------------------------------
@@ -438,7 +449,16 @@ class Store:
         return out
 
     # -- completion (event loop) ----------------------------------------------------------------
+    def when_done(self, seq: int, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` once the first ``seq`` requests ever queued (``submitted`` then) have all
+        been answered - at once if they have.  Lets a connection's read wait for its own writes."""
+        if seq <= self.completed:
+            fn()
+        else:
+            self._done_waiters.append((seq, fn))
+
     def _done(self, batch: list, results: Any) -> None:
+        end = self._batch_ends.popleft()
         self._busy = False
         if self._pending:  # start the next commit before answering this one
             self._kick()
@@ -482,6 +502,16 @@ class Store:
                 fut.set_result(r[1])
             else:
                 fut.set_exception(r[1])
+        self.completed = end
+        if self._done_waiters:
+            ready = [w for w in self._done_waiters if w[0] <= end]
+            if ready:
+                self._done_waiters = collections.deque(w for w in self._done_waiters if w[0] > end)
+                for _seq, fn in ready:
+                    try:
+                        fn()
+                    except Exception:  # noqa: BLE001 - one waiter must not stop the others
+                        log.exception("completion waiter failed")
 
     # -- shutdown -------------------------------------------------------------------------------
     async def drain(self) -> None:

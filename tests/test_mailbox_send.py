@@ -6,6 +6,7 @@ the same keys and values in LMDB.  The wire tests cover the same path through a 
 """
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -25,6 +26,7 @@ except ImportError:  # pragma: no cover - the extensions are built by setup.py
 MODS = twin_params((send_py, deliver_py, router_py),
                    None if _send is None else (_send, _deliver, _router), "mq9fast.mailbox._send")
 SUBJ = b"$mq9.AI.MSG.SEND.a.box"
+EARLIEST = b'{"deliver":"earliest","config":{"num_msgs":100}}'
 
 
 def conn_and_router(d, r):
@@ -163,7 +165,8 @@ async def test_twins_write_the_same(tmp_path):
 def test_pipelined_sends_on_the_wire(shared_broker):
     """One TCP write holding a CREATE, plain SENDs (the first through the ordinary dispatch, the
     rest through ``take_sends``), an HPUB SEND with options and a FETCH in the middle: every
-    command gets +OK (verbose), every SEND its own reply with ids in order, nothing is lost."""
+    command gets +OK (verbose), every SEND its own reply with ids in order, the FETCH sees the
+    connection's earlier writes and not its later ones, nothing is lost."""
     from test_mailbox_support import uniq
     from test_nats_raw import Raw
 
@@ -178,7 +181,7 @@ def test_pipelined_sends_on_the_wire(shared_broker):
         wire.append(b"PUB %s _R.%d %d\r\n%s\r\n" % (subj, i, len(p), p))
         if i == 20:
             wire.append(b"HPUB %s _R.u %d %d\r\n%sU\r\n" % (subj, len(hdr), len(hdr) + 1, hdr))
-            wire.append(b"PUB $mq9.AI.MSG.FETCH.%s _R.f 2\r\n{}\r\n" % addr)
+            wire.append(b"PUB $mq9.AI.MSG.FETCH.%s _R.f %d\r\n%s\r\n" % (addr, len(EARLIEST), EARLIEST))
     r.send(b"".join(wire))
     oks, replies = 0, {}
     while len(replies) < len(payloads) + 3:
@@ -190,17 +193,17 @@ def test_pipelined_sends_on_the_wire(shared_broker):
         assert parts[0] == b"MSG", line
         replies[parts[1].decode()] = json.loads(r.read(int(parts[-1]) + 2)[:-2])
     assert oks == 1 + 1 + len(payloads) + 2
-    # (the FETCH in the middle reads what is committed, so it may not see the CREATE yet: it only
-    # has to be answered)
-    assert "error" in replies.pop("_R.f")
+    # the FETCH in the middle sees exactly what this connection sent before it (it waited for
+    # their commit), and nothing sent after it
+    mid = replies.pop("_R.f")
+    assert mid["error"] == "", mid
+    assert [m["msg_id"] for m in mid["messages"]] == [21] + list(range(21))
     assert all(v["error"] == "" for v in replies.values()), replies
     ids = [replies[f"_R.{i}"]["msg_id"] for i in range(len(payloads))]
     assert ids == list(range(21)) + list(range(22, 41))
     assert replies["_R.u"]["msg_id"] == 21
     # everything is stored, urgent first, payloads byte for byte
-    r.send(b"PUB $mq9.AI.MSG.FETCH.%s _R.g %d\r\n%s\r\n" % (
-        addr, len(b'{"deliver":"earliest","config":{"num_msgs":100}}'),
-        b'{"deliver":"earliest","config":{"num_msgs":100}}'))
+    r.send(b"PUB $mq9.AI.MSG.FETCH.%s _R.g %d\r\n%s\r\n" % (addr, len(EARLIEST), EARLIEST))
     while True:
         line = r.line()
         if line != b"+OK":
@@ -210,3 +213,31 @@ def test_pipelined_sends_on_the_wire(shared_broker):
     assert [m["msg_id"] for m in got] == [21] + list(range(21)) + list(range(22, 41))
     assert [base64.b64decode(m["payload"]) for m in got] == [b"U"] + payloads
     r.close()
+
+
+async def test_a_read_sees_the_writes_its_connection_sent_before_it(shared_broker):
+    """Fire-and-forget SENDs (no reply subject), then a FETCH on the same connection: the FETCH
+    is answered after those SENDs are committed, so it sees them (nats-py, as an agent would)."""
+    import nats
+
+    from test_mailbox_support import create, fetch, uniq
+
+    nc = await nats.connect(shared_broker.url, allow_reconnect=False)
+    try:
+        addr = await create(nc, uniq("ryw"))
+        for i in range(50):
+            await nc.publish(f"$mq9.AI.MSG.SEND.{addr}", b"m%d" % i)
+        msgs = await fetch(nc, addr, deliver="earliest", config={"num_msgs": 100})
+        assert [m["msg_id"] for m in msgs] == list(range(50))
+        # a long-polling FETCH does not hold back later commands of its connection
+        other = await create(nc, uniq("ryw.other"))
+        waiting = asyncio.ensure_future(fetch(nc, other, config={"max_wait_ms": 5000}))
+        await asyncio.sleep(0.2)
+        t0 = asyncio.get_running_loop().time()
+        got = await fetch(nc, addr, deliver="earliest", config={"num_msgs": 100})
+        assert [m["msg_id"] for m in got] == list(range(50))
+        assert asyncio.get_running_loop().time() - t0 < 2.0
+        await nc.publish(f"$mq9.AI.MSG.SEND.{other}", b"wake")
+        assert [m["payload"] for m in await waiting] == ["d2FrZQ=="]
+    finally:
+        await nc.close()

@@ -139,6 +139,38 @@ async def test_a_failing_write_transaction_fails_the_batch_and_never_hangs(tmp_p
     s.close()
 
 
+async def test_when_done_waits_for_every_request_queued_before(store):
+    """``when_done(seq)`` runs once the first ``seq`` requests are answered (after their results
+    are delivered), at once if they are; waiters registered out of order each run as soon as
+    their own requests are done."""
+    db = store.db("t")
+    bulk = Bulk(store)
+    order = []
+    assert store.submitted == store.completed == 0
+    store.when_done(0, lambda: order.append("now"))
+    f1 = store.write(lambda txn: txn.put(b"1", b"x", db=db))
+    f1.add_done_callback(lambda f: order.append("w1"))
+    seq1 = store.submitted
+    store.submit_many(bulk, [(b"2", b"y"), (b"3", b"z")])
+    seq3 = store.submitted
+    assert (seq1, seq3) == (1, 3)
+    store.when_done(seq3, lambda: order.append("after 3"))
+    store.when_done(seq1, lambda: order.append("after 1"))
+    await f1
+    for _ in range(100):
+        if "after 3" in order:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
+    # one batch held all three: both waiters ran when it was answered (after the results were
+    # delivered, before the future's own callbacks, which asyncio runs a step later)
+    assert order == ["now", "after 3", "after 1", "w1"]
+    assert bulk.done_calls and store.completed == 3
+    assert get(store, b"3") == b"z"
+    store.when_done(2, lambda: order.append("done already"))
+    assert order[-1] == "done already"
+
+
 async def test_submit_after_close_fails_the_item(tmp_path):
     s = Store(str(tmp_path / "data"), map_size=1 << 26)
     s.start()
