@@ -45,9 +45,11 @@ log = logging.getLogger("mq9fast.control")
 
 PREFIX = "$mq9.AI"
 MSG_PREFIX = b"$mq9.AI.MSG."
-#: mailbox reads: each sees every earlier mailbox write of its connection (``Server._process``).
-#: (Not DISCOVER: a REGISTER reaches the store only after its embedding, off the event loop.)
+#: mailbox reads: each sees every earlier mailbox write of its connection (``Server._process``)
 READ_PREFIXES = (b"$mq9.AI.MSG.FETCH.", b"$mq9.AI.MSG.QUERY.")
+#: registry commands; a DISCOVER waits until its connection's other ones are answered
+AGENT_PREFIX = b"$mq9.AI.AGENT."
+DISCOVER = b"$mq9.AI.AGENT.DISCOVER"
 #: at most this many subjects are remembered by the fast path
 FAST_MEMO = 4096
 Reply = Union[dict, bytes]

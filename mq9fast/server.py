@@ -23,9 +23,10 @@ import secrets
 import socket
 import string
 import time
+from typing import Callable
 
 from . import __version__
-from .control import READ_PREFIXES, Control
+from .control import AGENT_PREFIX, DISCOVER, READ_PREFIXES, Control
 
 if os.environ.get("MQ9FAST_PURE_PYTHON"):  # run on the pure-Python twins (tests, debugging)
     from . import deliver_py as _deliver
@@ -82,7 +83,7 @@ class Client(asyncio.Protocol):
 
     __slots__ = ("server", "cid", "core", "transport", "parser", "connected", "pings_out",
                  "last_in", "peer", "name", "lang", "version", "auth_timer", "bytes_in", "start",
-                 "interest_changed", "pongs_due", "write_seq", "backlog")
+                 "interest_changed", "pongs_due", "write_seq", "backlog", "agent_writes")
 
     def __init__(self, server: "Server") -> None:
         self.server = server
@@ -106,6 +107,8 @@ class Client(asyncio.Protocol):
         self.write_seq = 0
         #: frames held back while a read waits for this connection's earlier writes, else None
         self.backlog: list | None = None
+        #: REGISTER/UNREGISTER/REPORT of this connection not answered yet (DISCOVER waits for them)
+        self.agent_writes = 0
 
     @property
     def closed(self) -> bool:
@@ -159,10 +162,12 @@ class Client(asyncio.Protocol):
         self._process(frames, 0)
 
     def _process(self, frames: list, i: int) -> None:
-        """Handle ``frames[i:]`` in order.  Per connection, a mailbox read (FETCH, QUERY) sees
-        every write this connection sent before it, as a pipelining client expects: if one of
-        them is not committed yet, the read and everything after it wait (``backlog``, reading
-        paused) until it is (``Store.when_done``), and resume in ``_resume``."""
+        """Handle ``frames[i:]`` in order.  Per connection, a read sees every write this
+        connection sent before it, as a pipelining client expects: a mailbox read (FETCH, QUERY)
+        waits until the connection's mailbox writes are committed (``Store.when_done``), a
+        DISCOVER until its REGISTER/UNREGISTER/REPORTs are answered (a REGISTER reaches the store
+        only after its embedding).  The read and everything after it wait in ``backlog`` (reading
+        paused) and resume in ``_resume``."""
         core = self.core
         server = self.server
         router = server.router
@@ -183,10 +188,20 @@ class Client(asyncio.Protocol):
                         if store is not None:
                             self.write_seq = store.submitted
                         continue
+                subject = f[1]
+                answered = None
+                if subject.startswith(AGENT_PREFIX):
+                    if subject == DISCOVER:
+                        if self.agent_writes:
+                            self._hold(frames[i:], None)
+                            break
+                    else:
+                        self.agent_writes += 1
+                        answered = self._agent_write_answered
                 if store is None:
                     before = 0
                 else:
-                    if self.write_seq > store.completed and f[1].startswith(READ_PREFIXES):
+                    if self.write_seq > store.completed and subject.startswith(READ_PREFIXES):
                         self._hold(frames[i:], store)
                         break
                     before = store.submitted
@@ -194,9 +209,9 @@ class Client(asyncio.Protocol):
                 if core.verbose:
                     core.write(OK)
                 if op == OP_PUB:
-                    server.command(self, f[1], f[2], 0, f[3])
+                    server.command(self, subject, f[2], 0, f[3], answered)
                 else:
-                    server.command(self, f[1], f[2], f[3], f[4])
+                    server.command(self, subject, f[2], f[3], f[4], answered)
                 if store is not None and store.submitted != before:
                     self.write_seq = store.submitted
             else:
@@ -209,10 +224,18 @@ class Client(asyncio.Protocol):
         server.schedule_flush()
 
     def _hold(self, frames: list, store) -> None:
+        """Hold ``frames`` until the store has committed ``write_seq`` (``store``) or, with
+        ``store`` None, until every agent write of this connection is answered."""
         self.backlog = frames
         if self.transport is not None:
             self.transport.pause_reading()  # the peer's further bytes wait in the kernel
-        store.when_done(self.write_seq, self._resume)
+        if store is not None:
+            store.when_done(self.write_seq, self._resume)
+
+    def _agent_write_answered(self) -> None:
+        self.agent_writes -= 1
+        if self.agent_writes == 0 and self.backlog is not None and self.backlog[0][1] == DISCOVER:
+            self._resume()
 
     def _resume(self) -> None:
         frames, self.backlog = self.backlog, None
@@ -521,14 +544,23 @@ class Server:
         self.schedule_flush()
 
     def command(self, client: Client, subject: bytes, reply: bytes | None, hdr_len: int,
-                data: bytes) -> None:
-        """An mq9 command: run it; its reply goes only to the requester's own subscriptions."""
+                data: bytes, answered: Callable[[], None] | None = None) -> None:
+        """An mq9 command: run it; its reply goes only to the requester's own subscriptions.
+        ``answered()`` (if given) runs after the reply, with or without a reply subject."""
         if hdr_len:
             headers, payload = data[:hdr_len], data[hdr_len:]
         else:
             headers, payload = None, data
-        self.control.dispatch(subject, headers, payload,
-                              Responder(self.router, client.core, reply, self.schedule_flush))
+        respond = Responder(self.router, client.core, reply, self.schedule_flush)
+        if answered is not None:
+            inner = respond
+
+            def respond(body: bytes) -> None:
+                try:
+                    inner(body)
+                finally:
+                    answered()
+        self.control.dispatch(subject, headers, payload, respond)
 
     # -- keep-alive -----------------------------------------------------------------------------
     async def _pinger(self) -> None:

@@ -217,7 +217,8 @@ def test_pipelined_sends_on_the_wire(shared_broker):
 
 async def test_a_read_sees_the_writes_its_connection_sent_before_it(shared_broker):
     """Fire-and-forget SENDs (no reply subject), then a FETCH on the same connection: the FETCH
-    is answered after those SENDs are committed, so it sees them (nats-py, as an agent would)."""
+    is answered after those SENDs are committed, so it sees them; likewise a REGISTER, then a
+    DISCOVER (nats-py, as an agent would)."""
     import nats
 
     from test_mailbox_support import create, fetch, uniq
@@ -229,6 +230,14 @@ async def test_a_read_sees_the_writes_its_connection_sent_before_it(shared_broke
             await nc.publish(f"$mq9.AI.MSG.SEND.{addr}", b"m%d" % i)
         msgs = await fetch(nc, addr, deliver="earliest", config={"num_msgs": 100})
         assert [m["msg_id"] for m in msgs] == list(range(50))
+        # a REGISTER published without waiting, then a DISCOVER: it waits for the REGISTER's
+        # answer (embedding included) and finds the agent
+        name = uniq("ryw.agent")
+        await nc.publish("$mq9.AI.AGENT.REGISTER",
+                         json.dumps({"name": name, "mailbox": addr, "payload": "zebra herding"}).encode())
+        reply = json.loads((await nc.request("$mq9.AI.AGENT.DISCOVER",
+                                             json.dumps({"text": "zebra herding"}).encode(), timeout=10)).data)
+        assert name in [a["name"] for a in reply["agents"]]
         # a long-polling FETCH does not hold back later commands of its connection
         other = await create(nc, uniq("ryw.other"))
         waiting = asyncio.ensure_future(fetch(nc, other, config={"max_wait_ms": 5000}))
