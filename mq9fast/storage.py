@@ -181,7 +181,7 @@ class Store:
         self.submitted = 0
         self.completed = 0
         self._batch_ends: collections.deque = collections.deque()  # ``submitted`` at each kick
-        self._done_waiters: collections.deque = collections.deque()  # (seq, fn) by seq
+        self._done_waiters: list = []  # (seq, fn) of when_done, in registration order
         self._busy = False
         self._kick_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -284,6 +284,11 @@ class Store:
 
     def submit(self, bulk: Any, item: Any) -> None:
         """Queue ``item`` for ``bulk.apply``; ``bulk.done`` gets its result after the commit."""
+        seg = self._seg
+        if seg is not None and seg.bulk is bulk:  # (the common case, without a list per item)
+            seg.items.append(item)
+            self.submitted += 1
+            return
         self.submit_many(bulk, [item])
 
     def submit_many(self, bulk: Any, items: list) -> None:
@@ -506,7 +511,7 @@ class Store:
         if self._done_waiters:
             ready = [w for w in self._done_waiters if w[0] <= end]
             if ready:
-                self._done_waiters = collections.deque(w for w in self._done_waiters if w[0] > end)
+                self._done_waiters = [w for w in self._done_waiters if w[0] > end]
                 for _seq, fn in ready:
                     try:
                         fn()
