@@ -165,7 +165,18 @@ def test_advance_and_release(mod, env):
         assert mod.advance(mc, lane_prefix(MBID, NORMAL), 6, set(), None, GP) == 7
         assert mod.advance(mc, lane_prefix(MBID, URGENT), 4, {9}, None, GP) == 4       # no key left
         assert mod.advance(mc, lane_prefix(MBID, URGENT), 0, {3}, None, GP) == 4       # ran off the end
-        assert mod.advance(mc, lane_prefix(MBID, CRITICAL), 12, {12}, None, GP) == 12  # empty lane
+        # a whole batch from the watermark on: passed over without reading it, ids that are not
+        # in the lane included (12 is not a CRITICAL message)
+        acked = {12}
+        assert mod.advance(mc, lane_prefix(MBID, CRITICAL), 12, acked, None, GP) == 13
+        assert acked == set()
+        acked = {5, 6}
+        assert mod.advance(mc, lane_prefix(MBID, NORMAL), 5, acked, None, GP) == 7
+        assert acked == set()
+        # ... and with older ACK records, the walk goes on after it (8 has one, 7 does not)
+        acked = {5, 6, 7}
+        assert mod.advance(mc, lane_prefix(MBID, NORMAL), 5, acked, gc, GP) == 9
+        assert acked == set() and txn.get(GP + u64(8), db=d_gacks) is None
         for m in (1, 2, 3):
             txn.put(GP + u64(m), b"lease", db=d_leases)
         txn.put(u64(GID + 1) + u64(2), b"other", db=d_leases)

@@ -27,7 +27,10 @@ transactions:
     set of ids confirmed by this ACK (ids passed over are removed from it); an id passed over
     that is not in ``acked`` must have an ACK record, found and deleted with ``gc`` (None: none
     exist).  Returns the new watermark: the first existing id that is not acknowledged, else
-    one past the last id passed over (``pos`` if none).
+    one past the last id passed over (``pos`` if none).  When ``acked`` is exactly ``pos, pos +
+    1, ..., pos + n - 1`` (an ACK of a whole batch from the watermark on) the messages are not
+    read: the watermark jumps to ``pos + n`` (ids among them that do not exist in this lane are
+    passed over too) and the walk goes on from there only if ``gc`` is given.
 ``release(cur, gp, msg_ids)``
     Delete the leases of ``msg_ids`` with ``cur`` (a cursor of ``leases``).
 """
@@ -105,6 +108,12 @@ def batch_upto(bv, msg_id: int):
 
 
 def advance(cur, prefix: bytes, pos: int, acked: set, gc, gp: bytes) -> int:
+    if acked and min(acked) == pos and max(acked) - pos + 1 == len(acked):
+        # pos, pos + 1, ... all confirmed now (a whole FETCH batch): no need to read them
+        pos += len(acked)
+        acked.clear()
+        if gc is None:
+            return pos
     if not cur.set_range(prefix + u64(pos)):
         return pos
     last = None
