@@ -37,7 +37,10 @@ class Config:
     # --- storage ---------------------------------------------------------------------------------
     data_dir: str = field(default="./mq9-data", metadata={"help": "directory of the LMDB environment"})
     map_size: int = field(
-        default=32 * 1024**3, metadata={"help": "LMDB map size, bytes (virtual; grows the file lazily)"}
+        default=1 << 40,
+        metadata={"help": "the most the store may hold, bytes: LMDB's map size (virtual address "
+                          "space; the file grows with the data). Near it, SEND/CREATE/REGISTER get "
+                          "'storage full' while ACK/DELETE/FETCH go on"},
     )
     fsync: str = field(
         default="always",

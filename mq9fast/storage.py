@@ -79,6 +79,27 @@ Durability policy (``--fsync``)
   ``interval``/``never`` may leave a meta page pointing at unwritten pages; only ``always``, with
   its log and checkpoints, is power-cut safe.)
 
+Room (``StorageFull``)
+=====================
+LMDB's map (``--map-size``, default 1 TiB of address space; the file grows with the data) and the
+disk bound what the store holds.  After every commit the writer checks the room left
+(``_check_room``): once less than ``reserve`` (1 % of the map, at least 64 MiB, at most an eighth)
+is left to grow into, writes that add data - SEND (bulk and single), CREATE, REGISTER - are
+answered ``storage full: ...`` without running, while reads and the writes that free room (ACK,
+DELETE, sweeps; they need a few pages of the reserve) go on.  New data is let in again when
+LMDB's free list holds twice the reserve.  A write that still finds the map full (the reserve is
+an estimate) fails with the same error - except that a batch is first run again after a
+checkpoint, up to ``NO_ROOM_RETRIES`` times: the pages freed since the last checkpoint are pinned
+by its reader, and the checkpoint releases them.  While full, checkpoints come every
+``FULL_CHECKPOINT_INTERVAL``.  ENOSPC/EDQUOT from the disk (log or LMDB) also answer ``storage
+full``.
+
+Each worker pins the snapshot of its own last checkpoint.  A worker whose snapshot is older than
+the checkpoint file's (another worker checkpointed since) lets it go (``_unpin_if_superseded``):
+the newest checkpoint is the one a restart rolls back to, and an idle worker's old snapshot, as
+LMDB's oldest reader, kept every page freed after it from reuse - the file grew without bound
+while one worker idled (``tests/test_storage_full.py``).
+
 Several worker processes (``--workers N``): per-worker group commit
 ===================================================================
 Each worker commits its own batches; LMDB's writer lock makes the workers take turns (one fsync per
@@ -112,17 +133,58 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable
 
 import lmdb
 
 from . import wal
+from .control import Mq9Error
 
 log = logging.getLogger("mq9fast.storage")
+
+#: Room kept for the writes that make room: once less than this is left (LMDB's map or the disk),
+#: writes that add data (SEND, CREATE, REGISTER) are refused with ``storage full``, while ACK,
+#: DELETE, UNREGISTER, FETCH and the expiry sweeps - which free pages or need only a few - go on.
+#: ``max(RESERVE_BYTES, RESERVE_FRACTION of the map)``, at most an eighth of the map.
+RESERVE_BYTES = 64 * 1024**2
+RESERVE_FRACTION = 0.01
+#: seconds between two looks at the disk's free space (while the store is not full)
+DISK_CHECK_INTERVAL = 0.1
+#: seconds between checkpoints while the store is full (see ``Store._checkpoints``)
+FULL_CHECKPOINT_INTERVAL = 0.1
+#: seconds between two looks, by an idle worker, for a newer checkpoint (``_unpin_if_superseded``)
+IDLE_CHECK_INTERVAL = 0.1
+#: a batch that finds LMDB's map full is run again after a checkpoint, this many times at most,
+#: waiting 0.1 s more each time (other workers' checkpoints may be what frees the pages)
+NO_ROOM_RETRIES = 3
+
+
+class _NoRoom(Exception):
+    """Inside ``Store._run_batch``: a write found LMDB's map full (see its ``retry``)."""
+
+
+_NO_ROOM = object()  # _run_batch's result then
+
+
+class StorageFull(Mq9Error):
+    """A write refused, or failed, for lack of room: LMDB's map (``--map-size``) or the disk.
+
+    Travels to the client as ``{"error": "storage full: ..."}``; the connection stays up and the
+    broker goes on serving reads and the writes that make room."""
+
+
+def is_full_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means "no room": LMDB's map is full, or the disk is (ENOSPC/EDQUOT)."""
+    if isinstance(exc, (lmdb.MapFullError, lmdb.DiskError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
 
 #: seconds between checkpoints of a writing process (``--fsync always``)
 CHECKPOINT_INTERVAL = 1.0
@@ -142,7 +204,7 @@ class Segment:
 
 
 class Store:
-    def __init__(self, path: str, *, map_size: int = 32 * 1024**3, fsync: str = "always",
+    def __init__(self, path: str, *, map_size: int = 1 << 40, fsync: str = "always",
                  fsync_interval_ms: int = 200, max_dbs: int = 64, worker: int = 0,
                  checkpoint_interval: float = CHECKPOINT_INTERVAL) -> None:
         os.makedirs(path, exist_ok=True)
@@ -167,6 +229,18 @@ class Store:
             readahead=False,
             max_readers=1024,
         )
+        #: bytes kept free for the writes that make room (see ``RESERVE_BYTES``)
+        self.reserve = min(max(RESERVE_BYTES, int(map_size * RESERVE_FRACTION)), map_size // 8)
+        #: the writer's verdict after its last commit: less than ``reserve`` is left, so writes
+        #: that add data fail with ``StorageFull`` (``write(..., grows=True)``, bulks with ``grows``)
+        self.full = False
+        self.room = map_size      # bytes left at the last check (LMDB's free pages included)
+        self._end_seen = 0        # end of LMDB's file at the last check, bytes
+        self._no_room = False     # the last failed segment failed on LMDB's map (not the disk)
+        self._disk_free = self._disk_end = 0   # statvfs free bytes, and the file's end then
+        self._disk_next = 0.0                  # monotonic time of the next statvfs
+        self._psize = self.env.stat()["psize"]
+        self._main_db = self.env.open_db(None)
         self.wal: wal.Wal | None = None
         self.checkpointer: wal.Checkpointer | None = None
         self._ckpt_task: asyncio.Task | None = None
@@ -175,7 +249,8 @@ class Store:
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._pending: list = []          # (fn, future) tuples and Segment objects
+        #: (fn, future, grows) of ``write``, (fn, cb, False, None) of ``write_cb``, Segments
+        self._pending: list = []
         self._seg: Segment | None = None  # the trailing segment of _pending, if any
         #: requests queued so far / answered so far (counts in submission order; see ``when_done``)
         self.submitted = 0
@@ -224,12 +299,22 @@ class Store:
 
     async def _checkpoints(self) -> None:
         """--fsync always: a checkpoint every ``checkpoint_interval`` while this process writes, so
-        that the log to replay after a power cut stays short and LMDB may reuse old pages."""
+        that the log to replay after a power cut stays short and LMDB may reuse old pages - every
+        ``FULL_CHECKPOINT_INTERVAL`` while the store is ``full``, where the pages that deletes
+        free are what the refused writes wait for, and each checkpoint lets LMDB reuse them."""
         seen = self.batches
+        loop = self._loop
+        last = loop.time()
         while not self._closed:
-            await asyncio.sleep(self.checkpoint_interval)
-            if self.batches == seen or self._closed:
+            await asyncio.sleep(min(self.checkpoint_interval, IDLE_CHECK_INTERVAL))
+            if self._closed:
                 continue
+            interval = (min(self.checkpoint_interval, FULL_CHECKPOINT_INTERVAL) if self.full
+                        else self.checkpoint_interval)
+            if self.batches == seen or loop.time() - last < interval:
+                self._unpin_if_superseded()
+                continue
+            last = loop.time()
             seen = self.batches
             try:
                 await self._loop.run_in_executor(None, self.checkpointer.take)
@@ -237,6 +322,22 @@ class Store:
                 self.env.reader_check()
             except Exception:  # noqa: BLE001 - retried next interval; the log keeps growing
                 log.exception("checkpoint failed")
+
+    def _unpin_if_superseded(self) -> None:
+        """Once another worker has taken a newer checkpoint (the one a restart after a power cut
+        would roll back to, pinned by that worker; our log records after it are replayed from
+        our log), our own older snapshot protects nothing - but as the oldest reader it keeps
+        LMDB from reusing every page freed since, and while this worker is idle (no checkpoints
+        of its own) the file would grow without bound.  Let it go."""
+        ck = self.checkpointer
+        if ck.reader is None:
+            return
+        try:
+            current = wal.read_checkpoint(ck.path)
+        except RuntimeError:
+            return
+        if current is not None and current["txnid"] > ck.txnid and current["boot"] == wal.boot_id():
+            ck.release()
 
     async def _interval_sync(self) -> None:
         while not self._closed:
@@ -250,8 +351,12 @@ class Store:
         return self.env.begin(buffers=True)
 
     # -- writes ---------------------------------------------------------------------------------
-    def write(self, fn: WriteFn) -> asyncio.Future:
-        """Run ``fn(txn)`` in the next group-commit batch; the future gets its result when durable."""
+    def write(self, fn: WriteFn, grows: bool = False) -> asyncio.Future:
+        """Run ``fn(txn)`` in the next group-commit batch; the future gets its result when durable.
+
+        ``grows``: the write adds data (a message, a mailbox, an agent), so it fails with
+        ``StorageFull`` instead of running while the store is ``full``.
+        """
         loop = self._loop
         if loop is None:
             raise RuntimeError("Store.start() was not called")
@@ -259,7 +364,7 @@ class Store:
         if self._closed:
             fut.set_exception(RuntimeError("store is closed"))
             return fut
-        self._pending.append((fn, fut))
+        self._pending.append((fn, fut, grows))
         self._seg = None
         self.submitted += 1
         if not self._busy and not self._kick_scheduled:
@@ -275,7 +380,7 @@ class Store:
         if self._closed:
             cb(False, RuntimeError("store is closed"))
             return
-        self._pending.append((fn, cb, None))
+        self._pending.append((fn, cb, False, None))
         self._seg = None
         self.submitted += 1
         if not self._busy and not self._kick_scheduled:
@@ -348,7 +453,19 @@ class Store:
             if batch is None:
                 return
             try:
-                results = self._run_batch(batch)
+                results = self._run_batch(batch, self.checkpointer is not None)
+                tries = 0
+                while results is _NO_ROOM:
+                    # LMDB's map is full, but the pages freed since the last checkpoint are pinned
+                    # by its reader (and other workers' by theirs): checkpoint now - LMDB may then
+                    # reuse them - and run the batch again; the last try fails with StorageFull
+                    tries += 1
+                    time.sleep(0.1 * (tries - 1))
+                    try:
+                        self.checkpointer.take()
+                    except Exception:  # noqa: BLE001 - the batch then fails with StorageFull
+                        log.exception("checkpoint for room failed")
+                    results = self._run_batch(batch, tries < NO_ROOM_RETRIES)
             except BaseException as exc:  # noqa: BLE001 - a bug must fail this batch, not the thread
                 log.exception("group commit failed")
                 results = exc
@@ -357,15 +474,18 @@ class Store:
             except RuntimeError:  # the loop is gone (shutdown without drain): nobody to tell
                 return
 
-    def _run_batch(self, batch: list) -> Any:
+    def _run_batch(self, batch: list, retry: bool = False) -> Any:
         """Writer thread: one transaction, child transactions per request/segment, one commit.
 
         Returns one result per entry (``(ok, value)`` for a ``write``, a list or an exception for a
-        segment), or the exception that failed the whole transaction.
+        segment), or the exception that failed the whole transaction.  ``retry``: if a write finds
+        LMDB's map full, abort everything and return ``_NO_ROOM`` (the caller checkpoints and runs
+        the batch again) instead of failing that write with ``StorageFull``.
         """
         env = self.env
         results: list = []
         ops = wal.OpLog() if self.logged else None
+        full = self.full
         try:
             txn = env.begin(write=True)
         except BaseException as exc:  # noqa: BLE001 - e.g. an environment that became unusable
@@ -374,7 +494,16 @@ class Store:
         try:
             for entry in batch:
                 if entry.__class__ is Segment:
-                    results.append(self._run_segment(txn, entry, ops))
+                    if full and getattr(entry.bulk, "grows", False):
+                        results.append(self._full_error())
+                        continue
+                    out = self._run_segment(txn, entry, ops)
+                    if retry and out.__class__ is StorageFull and self._no_room:
+                        raise _NoRoom
+                    results.append(out)
+                    continue
+                if full and entry[2]:
+                    results.append((False, self._full_error()))
                     continue
                 child = env.begin(write=True, parent=txn)
                 cops = None if ops is None else wal.OpLog()
@@ -382,12 +511,19 @@ class Store:
                     value = entry[0](child if ops is None else wal.LoggedTxn(child, cops, self._names))
                 except BaseException as exc:  # noqa: BLE001 - handed to the requester
                     child.abort()
+                    if is_full_error(exc):
+                        if retry and isinstance(exc, lmdb.MapFullError):
+                            raise _NoRoom from None
+                        exc = self._full_error(exc)
                     results.append((False, exc))
                 else:
                     child.commit()
                     if cops:
                         ops.extend(cops)
                     results.append((True, value))
+        except _NoRoom:
+            txn.abort()
+            return _NO_ROOM
         except BaseException as exc:  # noqa: BLE001
             txn.abort()
             log.exception("group commit failed")
@@ -398,9 +534,103 @@ class Store:
             else:
                 self._log_and_commit(txn, ops)
         except BaseException as exc:  # noqa: BLE001
+            if is_full_error(exc):
+                log.warning("group commit failed: %s", exc)
+                return self._full_error(exc)
             log.exception("group commit failed")
             return exc
+        try:
+            self._check_room()
+        except Exception:  # noqa: BLE001 - statistics must not fail a commit that happened
+            log.exception("room check failed")
         return results
+
+    # -- room (writer thread) -------------------------------------------------------------------
+    def _full_error(self, cause: BaseException | None = None) -> StorageFull:
+        """The ``StorageFull`` of a refused or failed write; a failure makes the store ``full``
+        until the next commit's room check says otherwise."""
+        if cause is not None:
+            self.full = True
+        if isinstance(cause, (OSError, lmdb.DiskError)):
+            why = "the disk is full"
+        else:
+            why = f"the store reached its size limit (--map-size {self.map_size_now()} bytes)"
+        if cause is None:  # a refused write that adds data
+            why += "; delete messages or let them expire to make room"
+        return StorageFull(f"storage full: {why}")
+
+    def map_size_now(self) -> int:
+        return self.env.info()["map_size"]
+
+    def _check_room(self) -> None:
+        """After a commit: is there room for new data?  Far from the end of LMDB's map (and of
+        the disk, asked at most every ``DISK_CHECK_INTERVAL``) yes.  Within ``reserve`` of it:
+        new data is refused (``full``) as soon as the file grows into the
+        reserve, and let in again once LMDB's free list (pages that deletes and expiry gave back,
+        which LMDB reuses before growing the file) holds twice the reserve.  Pages freed since
+        the last checkpoint stay pinned by its reader for up to a checkpoint interval, so the
+        free-list figure is optimistic for that long: a batch let in too early grows the file
+        again, which turns ``full`` back on at once."""
+        info = self.env.info()
+        end = (info["last_pgno"] + 1) * self._psize
+        now = time.monotonic()
+        if self.full or now >= self._disk_next:
+            st = os.statvfs(self.path)
+            self._disk_free, self._disk_end = st.f_bavail * st.f_frsize, end
+            self._disk_next = now + DISK_CHECK_INTERVAL
+        grow = min(info["map_size"] - end, self._disk_free - max(0, end - self._disk_end))
+        if grow >= self.reserve:
+            full, room = False, grow
+        else:
+            free = None if end > self._end_seen else self._free_pages(info["last_pgno"])
+            if free is None:  # the file grew into the reserve (or the free list is unknown now)
+                full, room = end > self._end_seen or self.full, grow
+            else:
+                room = grow + free * self._psize
+                full = self.full and free * self._psize < 2 * self.reserve
+        self._end_seen = end
+        self.room = room
+        if full != self.full:
+            if full:
+                log.warning("storage full: %d bytes left to grow into, below the reserve of %d: "
+                            "SEND, CREATE and REGISTER are refused until messages are deleted or "
+                            "expire", grow, self.reserve)
+            else:
+                log.warning("storage has room again: %d bytes", room)
+        self.full = full
+
+    def _free_pages(self, last_pgno: int) -> int | None:
+        """Pages below the end of LMDB's file that no database uses and that LMDB may hand out
+        again: while our checkpoint's reader is pinned, those free in its snapshot (pages freed
+        later stay pinned by it); otherwise those free now.  None
+        when that cannot be told now (the checkpoint is being replaced, or predates one of the
+        databases): the caller keeps its verdict until a later commit."""
+        with self._lock:
+            handles = [self._main_db] + list(self._dbs.values())
+        ck = self.checkpointer
+        if ck is not None and ck.reader is not None:
+            if not ck._mutex.acquire(blocking=False):
+                return None
+            try:
+                if ck.reader is None:
+                    return None
+                try:
+                    used = self._used_pages(ck.reader, handles)
+                except lmdb.InvalidParameterError:  # a database opened after that snapshot
+                    return None
+                return max(0, ck.last_pgno + 1 - 2 - used)
+            finally:
+                ck._mutex.release()
+        with self.env.begin() as txn:
+            return max(0, last_pgno + 1 - 2 - self._used_pages(txn, handles))
+
+    @staticmethod
+    def _used_pages(txn, handles: list) -> int:
+        used = 0
+        for h in handles:
+            st = txn.stat(h)
+            used += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return used
 
     def _log_and_commit(self, txn, ops) -> None:
         """--fsync always: the transaction's record is durable in the log before it commits
@@ -428,8 +658,11 @@ class Store:
         cops = None if ops is None else wal.OpLog()
         try:
             out = apply(child if ops is None else wal.LoggedTxn(child, cops, names), seg.items)
-        except BaseException:  # noqa: BLE001 - isolate the culprit below
+        except BaseException as exc:  # noqa: BLE001 - isolate the culprit below
             child.abort()
+            if is_full_error(exc):  # no culprit: there is no room for any of them
+                self._no_room = isinstance(exc, lmdb.MapFullError)
+                return self._full_error(exc)
             log.warning("bulk apply failed; re-applying %d items one by one", len(seg.items),
                         exc_info=True)
         else:
@@ -489,7 +722,7 @@ class Store:
                 except Exception:  # noqa: BLE001 - must not stop the other replies
                     log.exception("bulk completion failed")
                 continue
-            if len(entry) == 3:  # write_cb
+            if len(entry) == 4:  # write_cb
                 try:
                     if failed:
                         entry[1](False, r)

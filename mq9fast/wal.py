@@ -422,6 +422,7 @@ class Checkpointer:
         self.lock_path = os.path.join(path, "checkpoint.lock")
         self.reader = None      # read txn on our last checkpoint's snapshot
         self.txnid = -1
+        self.last_pgno = 0      # LMDB's last page number in that snapshot
         self.taken = 0
         self.last_seconds = 0.0
         self.locked_seconds = 0.0   # of the last checkpoint, with LMDB's writer lock held
@@ -440,6 +441,7 @@ class Checkpointer:
                 t1 = time.perf_counter()
                 try:
                     txnid = wtxn.id() - 1
+                    last_pgno = env.info()["last_pgno"]  # of the snapshot ``reader`` pins
                     env.sync(True)
                     psize = env.stat()["psize"]
                     fd = os.open(self.data, os.O_RDONLY)
@@ -461,17 +463,21 @@ class Checkpointer:
             finally:
                 os.close(lockfd)
             old, self.reader, self.txnid = self.reader, reader, txnid
+            self.last_pgno = last_pgno
             if old is not None:
                 old.abort()
             self.taken += 1
             self.last_seconds = time.perf_counter() - t0
             return txnid
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Stop pinning our last checkpoint's snapshot (a newer checkpoint superseded it)."""
         with self._mutex:
             if self.reader is not None:
                 self.reader.abort()
                 self.reader = None
+
+    close = release
 
 
 def forget(path: str) -> None:

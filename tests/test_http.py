@@ -248,6 +248,7 @@ def _fake_broker(mailbox=None, registry=None):
     server = SimpleNamespace(clients={}, router=SimpleNamespace(count=0), slow_consumers=0, started=1.0,
                              port=4222, varz=lambda: {"connections": 0})
     store = SimpleNamespace(batches=3, batched_writes=7, last_batch_size=2, max_batch_size=4, path="/x",
+                            full=False, room=1 << 30, reserve=64 << 20,
                             fsync="always", env=SimpleNamespace(stat=lambda: {}), _closed=False,
                             read=None)
     control = SimpleNamespace(counts={("MSG.SEND", "ok"): 2}, dispatch=lambda *a: None)

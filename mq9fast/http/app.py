@@ -286,7 +286,8 @@ class HttpSidePort:
         if store is not None:
             out["storage"] = {"path": store.path, "fsync": store.fsync, "batches": store.batches,
                               "batched_writes": store.batched_writes, "last_batch_size": store.last_batch_size,
-                              "max_batch_size": store.max_batch_size}
+                              "max_batch_size": store.max_batch_size, "full": store.full,
+                              "room_bytes": store.room, "reserve_bytes": store.reserve}
         if b.control is not None:
             counts = collector.command_counts() if all_workers else dict(b.control.counts)
             out["commands"] = {f"{c}:{o}": n for (c, o), n in sorted(counts.items())}

@@ -261,6 +261,11 @@ class BrokerCollector(Collector):
                                 value=int(st.last_batch_size))
         yield GaugeMetricFamily("mq9fast_fsync_max_batch_size", "largest group commit so far",
                                 value=int(st.max_batch_size))
+        yield GaugeMetricFamily("mq9fast_storage_room_bytes", "what the store can still hold (LMDB's "
+                                "map and the disk, free pages included), at the last check",
+                                value=int(st.room))
+        yield GaugeMetricFamily("mq9fast_storage_full", "1 while SEND/CREATE/REGISTER are refused for "
+                                "lack of room (less than the reserve left)", value=int(st.full))
         w = getattr(st, "wal", None)
         if w is not None:
             yield CounterMetricFamily("mq9fast_wal_records", "write-ahead log records (one fdatasync each)",

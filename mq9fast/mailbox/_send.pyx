@@ -25,7 +25,7 @@ from .._router cimport Router
 
 import time
 
-from ..control import error_reply
+from ..control import Mq9Error, error_reply
 from .layout import BE_U64x2, NORMAL, u64
 from .send_py import _observe, log
 from .stats import DepthDelta
@@ -205,7 +205,8 @@ def answer_sends(list items, results, visible, dict counts, list observers):
     cdef Responder owed = None
     cdef bytes body
     if whole:
-        log.error("mq9 command MSG.SEND failed", exc_info=results)
+        if not isinstance(results, Mq9Error):  # (e.g. StorageFull: an answer, not a fault)
+            log.error("mq9 command MSG.SEND failed", exc_info=results)
         results = [results] * n
     for k in range(n):
         it = <tuple>items[k]
@@ -222,6 +223,9 @@ def answer_sends(list items, results, visible, dict counts, list observers):
             elif r is None:
                 bad += 1
                 body = error_reply(f"mailbox {it[0].decode('utf-8', 'replace')} does not exist")
+            elif isinstance(r, Mq9Error):
+                bad += 1
+                body = error_reply((<object>r).text)
             else:
                 internal += 1
                 if not whole:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ..control import error_reply
+from ..control import Mq9Error, error_reply
 from .layout import BE_U64x2, MSG_KEY, NORMAL, plain_head, u64
 from .stats import DepthDelta
 
@@ -120,7 +120,8 @@ def answer_sends(items: list, results, visible, counts: dict, observers: list) -
     mailbox."""
     whole = isinstance(results, BaseException)
     if whole:
-        log.error("mq9 command MSG.SEND failed", exc_info=results)
+        if not isinstance(results, Mq9Error):  # (e.g. StorageFull: an answer, not a fault)
+            log.error("mq9 command MSG.SEND failed", exc_info=results)
         results = [results] * len(items)
     ok = bad = internal = 0
     last = -1
@@ -135,6 +136,9 @@ def answer_sends(items: list, results, visible, counts: dict, observers: list) -
             elif r is None:
                 bad += 1
                 it[-2](error_reply(f"mailbox {it[0].decode('utf-8', 'replace')} does not exist"))
+            elif isinstance(r, Mq9Error):
+                bad += 1
+                it[-2](error_reply(r.text))
             else:
                 internal += 1
                 if not whole:

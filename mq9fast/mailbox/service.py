@@ -68,6 +68,7 @@ class _SendBulk:
     """``Store.submit`` target of the bulk SEND path (see ``MailboxService.send_nowait``)."""
 
     __slots__ = ("apply", "done")
+    grows = True  # SENDs add data: refused while the store is full (``Store.full``)
 
     def __init__(self, svc: "MailboxService") -> None:
         self.apply = svc._w_send_many
@@ -393,7 +394,7 @@ class MailboxService:
                 txn.put(BE_U64x2.pack(expire, mbid), nameb, db=self.d_mbexp)
             return reply
 
-        return self.store.write(fn)
+        return self.store.write(fn, grows=True)
 
     # ================================================================ MSG.SEND
     def send(self, addr: str, headers, payload):
@@ -420,7 +421,7 @@ class MailboxService:
                 cell.append(box.mbid)
                 return b'{"error":"","msg_id":%d}' % mid
 
-            fut = self.store.write(fn)
+            fut = self.store.write(fn, grows=True)
             fut.add_done_callback(lambda f: self._notify_after(cell, f))
             return fut
 
@@ -436,7 +437,7 @@ class MailboxService:
             txn.put(BE_U64x2.pack(now + delay * 1000, seq), value, db=self.d_delayed)
             return b'{"error":"","msg_id":-1}'
 
-        fut = self.store.write(fn_delayed)
+        fut = self.store.write(fn_delayed, grows=True)
         fut.add_done_callback(lambda f: self._delay_event.set())
         return fut
 

@@ -704,7 +704,7 @@ class Registry:
                 txn.put(R.mailbox_key(mailbox, name), b"", db=self.db_mailbox)
             self._bump(txn, key)
 
-        await self.store.write(fn)
+        await self.store.write(fn, grows=True)
         with self.store.read() as txn:
             self._refresh(txn)
         return _OK
