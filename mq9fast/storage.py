@@ -83,16 +83,20 @@ Room (``StorageFull``)
 =====================
 LMDB's map (``--map-size``, default 1 TiB of address space; the file grows with the data) and the
 disk bound what the store holds.  After every commit the writer checks the room left
-(``_check_room``): once less than ``reserve`` (1 % of the map, at least 64 MiB, at most an eighth)
-is left to grow into, writes that add data - SEND (bulk and single), CREATE, REGISTER - are
+(``_check_room``): once less than ``reserve`` (1 % of the map or of the filesystem, whichever is
+smaller, at least 64 MiB, at most an eighth of it) is left to grow into, writes that add data - SEND (bulk and single), CREATE, REGISTER - are
 answered ``storage full: ...`` without running, while reads and the writes that free room (ACK,
 DELETE, sweeps; they need a few pages of the reserve) go on.  New data is let in again when
-LMDB's free list holds twice the reserve.  A write that still finds the map full (the reserve is
+LMDB's free list holds as much as the reserve (deletes free pages, not disk space: LMDB's file
+does not shrink, it reuses them).  A write that still finds the map full (the reserve is
 an estimate) fails with the same error - except that a batch is first run again after a
 checkpoint, up to ``NO_ROOM_RETRIES`` times: the pages freed since the last checkpoint are pinned
 by its reader, and the checkpoint releases them.  While full, checkpoints come every
-``FULL_CHECKPOINT_INTERVAL``.  ENOSPC/EDQUOT from the disk (log or LMDB) also answer ``storage
-full``.
+``FULL_CHECKPOINT_INTERVAL``.  The disk counts the same way: its free space (``statvfs``, every
+``DISK_CHECK_INTERVAL``, every commit near its end) less the log's next chunk, which the log
+writes ahead; a log that cannot grow by a chunk grows by what its record needs
+(``wal.Wal.append``); ENOSPC/EDQUOT - and EIO while the disk is nearly full, LMDB's report of a
+short write - answer ``storage full`` too.
 
 Each worker pins the snapshot of its own last checkpoint.  A worker whose snapshot is older than
 the checkpoint file's (another worker checkpointed since) lets it go (``_unpin_if_superseded``):
@@ -230,13 +234,16 @@ class Store:
             max_readers=1024,
         )
         #: bytes kept free for the writes that make room (see ``RESERVE_BYTES``)
-        self.reserve = min(max(RESERVE_BYTES, int(map_size * RESERVE_FRACTION)), map_size // 8)
+        fs = os.statvfs(path)
+        capacity = min(map_size, fs.f_blocks * fs.f_frsize)  # (a disk smaller than the map)
+        self.reserve = min(max(RESERVE_BYTES, int(capacity * RESERVE_FRACTION)), capacity // 8)
         #: the writer's verdict after its last commit: less than ``reserve`` is left, so writes
         #: that add data fail with ``StorageFull`` (``write(..., grows=True)``, bulks with ``grows``)
         self.full = False
         self.room = map_size      # bytes left at the last check (LMDB's free pages included)
         self._end_seen = 0        # end of LMDB's file at the last check, bytes
         self._no_room = False     # the last failed segment failed on LMDB's map (not the disk)
+        self._disk_short = False  # at the last check the disk had less room than LMDB's map
         self._disk_free = self._disk_end = 0   # statvfs free bytes, and the file's end then
         self._disk_next = 0.0                  # monotonic time of the next statvfs
         self._psize = self.env.stat()["psize"]
@@ -511,7 +518,7 @@ class Store:
                     value = entry[0](child if ops is None else wal.LoggedTxn(child, cops, self._names))
                 except BaseException as exc:  # noqa: BLE001 - handed to the requester
                     child.abort()
-                    if is_full_error(exc):
+                    if self._is_full(exc):
                         if retry and isinstance(exc, lmdb.MapFullError):
                             raise _NoRoom from None
                         exc = self._full_error(exc)
@@ -534,7 +541,7 @@ class Store:
             else:
                 self._log_and_commit(txn, ops)
         except BaseException as exc:  # noqa: BLE001
-            if is_full_error(exc):
+            if self._is_full(exc):
                 log.warning("group commit failed: %s", exc)
                 return self._full_error(exc)
             log.exception("group commit failed")
@@ -546,12 +553,27 @@ class Store:
         return results
 
     # -- room (writer thread) -------------------------------------------------------------------
+    def _is_full(self, exc: BaseException) -> bool:
+        """``is_full_error``, or an I/O error while the disk is nearly full: a write that finds
+        the disk full part-way is a short write, which LMDB reports as EIO."""
+        if is_full_error(exc):
+            return True
+        eio = (isinstance(exc, OSError) and exc.errno == errno.EIO) or (
+            isinstance(exc, lmdb.Error) and "Input/output error" in str(exc))
+        if not eio:
+            return False
+        st = os.statvfs(self.path)
+        if st.f_bavail * st.f_frsize >= self.reserve:
+            return False
+        self._disk_short = True
+        return True
+
     def _full_error(self, cause: BaseException | None = None) -> StorageFull:
         """The ``StorageFull`` of a refused or failed write; a failure makes the store ``full``
         until the next commit's room check says otherwise."""
         if cause is not None:
             self.full = True
-        if isinstance(cause, (OSError, lmdb.DiskError)):
+        if isinstance(cause, (OSError, lmdb.DiskError)) or self._disk_short:
             why = "the disk is full"
         else:
             why = f"the store reached its size limit (--map-size {self.map_size_now()} bytes)"
@@ -567,18 +589,24 @@ class Store:
         the disk, asked at most every ``DISK_CHECK_INTERVAL``) yes.  Within ``reserve`` of it:
         new data is refused (``full``) as soon as the file grows into the
         reserve, and let in again once LMDB's free list (pages that deletes and expiry gave back,
-        which LMDB reuses before growing the file) holds twice the reserve.  Pages freed since
+        which LMDB reuses before growing the file) holds as much as the reserve.  Pages freed since
         the last checkpoint stay pinned by its reader for up to a checkpoint interval, so the
         free-list figure is optimistic for that long: a batch let in too early grows the file
         again, which turns ``full`` back on at once."""
         info = self.env.info()
         end = (info["last_pgno"] + 1) * self._psize
         now = time.monotonic()
-        if self.full or now >= self._disk_next:
+        if now >= self._disk_next:
             st = os.statvfs(self.path)
             self._disk_free, self._disk_end = st.f_bavail * st.f_frsize, end
-            self._disk_next = now + DISK_CHECK_INTERVAL
-        grow = min(info["map_size"] - end, self._disk_free - max(0, end - self._disk_end))
+            # near the disk's end, look every commit (the log grows too, not only LMDB's file)
+            near = self._disk_free < 8 * self.reserve + (1 << 30)
+            self._disk_next = now + (0.0 if near else DISK_CHECK_INTERVAL)
+        disk = self._disk_free - max(0, end - self._disk_end)
+        if self.wal is not None:  # room for the log's next chunk, which it writes ahead
+            disk -= self.wal.next_extension()
+        grow = min(info["map_size"] - end, disk)
+        self._disk_short = disk < info["map_size"] - end
         if grow >= self.reserve:
             full, room = False, grow
         else:
@@ -587,7 +615,7 @@ class Store:
                 full, room = end > self._end_seen or self.full, grow
             else:
                 room = grow + free * self._psize
-                full = self.full and free * self._psize < 2 * self.reserve
+                full = self.full and free * self._psize < self.reserve
         self._end_seen = end
         self.room = room
         if full != self.full:
@@ -660,7 +688,7 @@ class Store:
             out = apply(child if ops is None else wal.LoggedTxn(child, cops, names), seg.items)
         except BaseException as exc:  # noqa: BLE001 - isolate the culprit below
             child.abort()
-            if is_full_error(exc):  # no culprit: there is no room for any of them
+            if self._is_full(exc):  # no culprit: there is no room for any of them
                 self._no_room = isinstance(exc, lmdb.MapFullError)
                 return self._full_error(exc)
             log.warning("bulk apply failed; re-applying %d items one by one", len(seg.items),

@@ -302,6 +302,11 @@ class Wal:
         self._seed = zlib.crc32(struct.pack("<Q", epoch))
         self._load_tail()
 
+    def next_extension(self) -> int:
+        """Bytes the next growth of the current file adds beyond the record that needs it (the
+        files grow in chunks of zeros, written ahead: ``Store`` counts them as used disk)."""
+        return max(CHUNK_MIN, min(CHUNK_MAX, self.size // 2))
+
     def _extend(self, fd: int, to: int) -> None:
         zeros = bytes(1 << 20)
         pos = self.size
@@ -319,7 +324,13 @@ class Wal:
         fd = self.fds[self.cur]
         end = self.off + len(rec) + len(body)
         if end > self.size:
-            self._extend(fd, end + max(CHUNK_MIN, min(CHUNK_MAX, self.size // 2)))
+            try:
+                self._extend(fd, end + self.next_extension())
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # the disk is (nearly) full: just the room this record needs, if there is that
+                self._extend(fd, -(-end // ALIGN) * ALIGN)
         t0 = time.perf_counter()
         dfd = self.dfds[self.cur]
         if dfd is None or not self._write_direct(dfd, rec, body, end):
