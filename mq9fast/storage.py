@@ -183,6 +183,22 @@ class StorageFull(Mq9Error):
     broker goes on serving reads and the writes that make room."""
 
 
+def _fit_address_space(map_size: int) -> int:
+    """LMDB maps the whole ``map_size`` at once; under a limit on the address space (``ulimit
+    -v``) that would fail, so the map gets at most a quarter of it (with a warning)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not Unix
+        return map_size
+    if soft == resource.RLIM_INFINITY or map_size <= soft // 4:
+        return map_size
+    log.warning("address space limited to %d bytes (ulimit -v): LMDB map size %d -> %d",
+                soft, map_size, soft // 4)
+    return soft // 4
+
+
 def is_full_error(exc: BaseException) -> bool:
     """Whether ``exc`` means "no room": LMDB's map is full, or the disk is (ENOSPC/EDQUOT)."""
     if isinstance(exc, (lmdb.MapFullError, lmdb.DiskError)):
@@ -220,6 +236,7 @@ class Store:
         #: --fsync always: LMDB commits unsynced behind the write-ahead log (mq9fast/wal.py)
         self.logged = fsync == "always"
         # whatever the policy now: a previous run under --fsync always may have left a log to replay
+        map_size = _fit_address_space(map_size)
         self.recovery = wal.recover(path, map_size, max_dbs)
         if not self.logged:
             wal.forget(path)  # unsynced from here on: a checkpoint would no longer describe LMDB
