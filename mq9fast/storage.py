@@ -84,9 +84,10 @@ Room (``StorageFull``)
 LMDB's map (``--map-size``, default 1 TiB of address space; the file grows with the data) and the
 disk bound what the store holds.  After every commit the writer checks the room left
 (``_check_room``): once less than ``reserve`` (1 % of the map or of the filesystem, whichever is
-smaller, at least 64 MiB, at most an eighth of it) is left to grow into, writes that add data - SEND (bulk and single), CREATE, REGISTER - are
-answered ``storage full: ...`` without running, while reads and the writes that free room (ACK,
-DELETE, sweeps; they need a few pages of the reserve) go on.  New data is let in again when
+smaller, at least 64 MiB, at most an eighth of it) is left to grow into, writes that add data -
+SEND (bulk and single), CREATE, REGISTER - are answered ``storage full: ...`` without running,
+while reads and the writes that free room (ACK, DELETE, sweeps; they need a few pages of the
+reserve) go on.  New data is let in again when
 LMDB's free list holds as much as the reserve (deletes free pages, not disk space: LMDB's file
 does not shrink, it reuses them).  A write that still finds the map full (the reserve is
 an estimate) fails with the same error - except that a batch is first run again after a
@@ -155,7 +156,8 @@ log = logging.getLogger("mq9fast.storage")
 #: Room kept for the writes that make room: once less than this is left (LMDB's map or the disk),
 #: writes that add data (SEND, CREATE, REGISTER) are refused with ``storage full``, while ACK,
 #: DELETE, UNREGISTER, FETCH and the expiry sweeps - which free pages or need only a few - go on.
-#: ``max(RESERVE_BYTES, RESERVE_FRACTION of the map)``, at most an eighth of the map.
+#: ``max(RESERVE_BYTES, RESERVE_FRACTION of the map or the filesystem, whichever is smaller)``,
+#: at most an eighth of that.
 RESERVE_BYTES = 64 * 1024**2
 RESERVE_FRACTION = 0.01
 #: seconds between two looks at the disk's free space (while the store is not full)
@@ -604,12 +606,11 @@ class Store:
     def _check_room(self) -> None:
         """After a commit: is there room for new data?  Far from the end of LMDB's map (and of
         the disk, asked at most every ``DISK_CHECK_INTERVAL``) yes.  Within ``reserve`` of it:
-        new data is refused (``full``) as soon as the file grows into the
-        reserve, and let in again once LMDB's free list (pages that deletes and expiry gave back,
-        which LMDB reuses before growing the file) holds as much as the reserve.  Pages freed since
-        the last checkpoint stay pinned by its reader for up to a checkpoint interval, so the
-        free-list figure is optimistic for that long: a batch let in too early grows the file
-        again, which turns ``full`` back on at once."""
+        new data is refused (``full``) as soon as the file grows into the reserve, and let in
+        again once LMDB's free list (pages that deletes and expiry gave back, which LMDB reuses
+        before growing the file) holds as much as the reserve.  Other workers' readers may pin
+        some of those pages for a while, so that figure can be optimistic: a batch let in too
+        early grows the file again, which turns ``full`` back on at once."""
         info = self.env.info()
         end = (info["last_pgno"] + 1) * self._psize
         now = time.monotonic()
@@ -647,9 +648,9 @@ class Store:
     def _free_pages(self, last_pgno: int) -> int | None:
         """Pages below the end of LMDB's file that no database uses and that LMDB may hand out
         again: while our checkpoint's reader is pinned, those free in its snapshot (pages freed
-        later stay pinned by it); otherwise those free now.  None
-        when that cannot be told now (the checkpoint is being replaced, or predates one of the
-        databases): the caller keeps its verdict until a later commit."""
+        later stay pinned by it); otherwise those free now.  None when that cannot be told now
+        (the checkpoint is being replaced, or predates one of the databases): the caller keeps
+        its verdict until a later commit."""
         with self._lock:
             handles = [self._main_db] + list(self._dbs.values())
         ck = self.checkpointer
