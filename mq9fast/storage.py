@@ -363,7 +363,7 @@ class Store:
         except RuntimeError:
             return
         if current is not None and current["txnid"] > ck.txnid and current["boot"] == wal.boot_id():
-            ck.release()
+            ck.release(blocking=False)
 
     async def _interval_sync(self) -> None:
         while not self._closed:

@@ -481,12 +481,18 @@ class Checkpointer:
             self.last_seconds = time.perf_counter() - t0
             return txnid
 
-    def release(self) -> None:
-        """Stop pinning our last checkpoint's snapshot (a newer checkpoint superseded it)."""
-        with self._mutex:
+    def release(self, blocking: bool = True) -> None:
+        """Stop pinning our last checkpoint's snapshot (a newer checkpoint superseded it).
+        ``blocking=False`` (the event loop): do nothing while a checkpoint is being taken - it
+        replaces the snapshot anyway, and may take a while (``env.sync``)."""
+        if not self._mutex.acquire(blocking):
+            return
+        try:
             if self.reader is not None:
                 self.reader.abort()
                 self.reader = None
+        finally:
+            self._mutex.release()
 
     close = release
 
