@@ -88,8 +88,8 @@ smaller, at least 64 MiB, at most an eighth of it) is left to grow into, writes 
 SEND (bulk and single), CREATE, REGISTER - are answered ``storage full: ...`` without running,
 while reads and the writes that free room (ACK, DELETE, sweeps; they need a few pages of the
 reserve) go on.  New data is let in again when
-LMDB's free list holds as much as the reserve (deletes free pages, not disk space: LMDB's file
-does not shrink, it reuses them).  A write that still finds the map full (the reserve is
+LMDB's free list holds twice the reserve (deletes free pages, not disk space: LMDB's file does
+not shrink, it reuses them).  A write that still finds the map full (the reserve is
 an estimate) fails with the same error - except that a batch is first run again after a
 checkpoint, up to ``NO_ROOM_RETRIES`` times: the pages freed since the last checkpoint are pinned
 by its reader, and the checkpoint releases them.  While full, checkpoints come every
@@ -162,7 +162,7 @@ RESERVE_BYTES = 64 * 1024**2
 RESERVE_FRACTION = 0.01
 #: seconds between two looks at the disk's free space (while the store is not full)
 DISK_CHECK_INTERVAL = 0.1
-#: seconds between checkpoints while the store is full (see ``Store._checkpoints``)
+#: seconds between checkpoints while the store is full or near it (see ``Store._checkpoints``)
 FULL_CHECKPOINT_INTERVAL = 0.1
 #: seconds between two looks, by an idle worker, for a newer checkpoint (``_unpin_if_superseded``)
 IDLE_CHECK_INTERVAL = 0.1
@@ -259,6 +259,7 @@ class Store:
         #: the writer's verdict after its last commit: less than ``reserve`` is left, so writes
         #: that add data fail with ``StorageFull`` (``write(..., grows=True)``, bulks with ``grows``)
         self.full = False
+        self.near = False         # less than 4 reserves left to grow into: checkpoint more often
         self.room = map_size      # bytes left at the last check (LMDB's free pages included)
         self._end_seen = 0        # end of LMDB's file at the last check, bytes
         self._no_room = False     # the last failed segment failed on LMDB's map (not the disk)
@@ -335,8 +336,8 @@ class Store:
             await asyncio.sleep(min(self.checkpoint_interval, IDLE_CHECK_INTERVAL))
             if self._closed:
                 continue
-            interval = (min(self.checkpoint_interval, FULL_CHECKPOINT_INTERVAL) if self.full
-                        else self.checkpoint_interval)
+            interval = (min(self.checkpoint_interval, FULL_CHECKPOINT_INTERVAL)
+                        if self.full or self.near else self.checkpoint_interval)
             if self.batches == seen or loop.time() - last < interval:
                 self._unpin_if_superseded()
                 continue
@@ -560,6 +561,8 @@ class Store:
             else:
                 self._log_and_commit(txn, ops)
         except BaseException as exc:  # noqa: BLE001
+            if retry and isinstance(exc, lmdb.MapFullError):
+                return _NO_ROOM  # (the commit allocates pages too: the free list, the meta)
             if self._is_full(exc):
                 log.warning("group commit failed: %s", exc)
                 return self._full_error(exc)
@@ -608,7 +611,8 @@ class Store:
         the disk, asked at most every ``DISK_CHECK_INTERVAL``) yes.  Within ``reserve`` of it:
         new data is refused (``full``) as soon as the file grows into the reserve, and let in
         again once LMDB's free list (pages that deletes and expiry gave back, which LMDB reuses
-        before growing the file) holds as much as the reserve.  Other workers' readers may pin
+        before growing the file) holds twice the reserve (so that the pages each commit copies,
+        which the next checkpoint frees, cannot by themselves keep letting new data in).  Other workers' readers may pin
         some of those pages for a while, so that figure can be optimistic: a batch let in too
         early grows the file again, which turns ``full`` back on at once."""
         info = self.env.info()
@@ -625,6 +629,7 @@ class Store:
             disk -= self.wal.next_extension()
         grow = min(info["map_size"] - end, disk)
         self._disk_short = disk < info["map_size"] - end
+        self.near = grow < 4 * self.reserve
         if grow >= self.reserve:
             full, room = False, grow
         else:
@@ -633,7 +638,7 @@ class Store:
                 full, room = end > self._end_seen or self.full, grow
             else:
                 room = grow + free * self._psize
-                full = self.full and free * self._psize < self.reserve
+                full = self.full and free * self._psize < 2 * self.reserve
         self._end_seen = end
         self.room = room
         if full != self.full:
@@ -647,28 +652,30 @@ class Store:
 
     def _free_pages(self, last_pgno: int) -> int | None:
         """Pages below the end of LMDB's file that no database uses and that LMDB may hand out
-        again: while our checkpoint's reader is pinned, those free in its snapshot (pages freed
-        later stay pinned by it); otherwise those free now.  None when that cannot be told now
-        (the checkpoint is being replaced, or predates one of the databases): the caller keeps
-        its verdict until a later commit."""
+        again: those free now, and while our checkpoint's reader is pinned no more than were free
+        in its snapshot.  None when that cannot be told now (the checkpoint is being replaced, or
+        predates one of the databases): the caller keeps its verdict until a later commit."""
         with self._lock:
             handles = [self._main_db] + list(self._dbs.values())
-        ck = self.checkpointer
-        if ck is not None and ck.reader is not None:
-            if not ck._mutex.acquire(blocking=False):
-                return None
-            try:
-                if ck.reader is None:
-                    return None
-                try:
-                    used = self._used_pages(ck.reader, handles)
-                except lmdb.InvalidParameterError:  # a database opened after that snapshot
-                    return None
-                return max(0, ck.last_pgno + 1 - 2 - used)
-            finally:
-                ck._mutex.release()
         with self.env.begin() as txn:
-            return max(0, last_pgno + 1 - 2 - self._used_pages(txn, handles))
+            free = max(0, last_pgno + 1 - 2 - self._used_pages(txn, handles))
+        ck = self.checkpointer
+        if ck is None or ck.reader is None:
+            return free
+        # pages freed after the checkpoint are pinned by its reader, and pages free then may have
+        # been handed out since: at most the smaller of the two counts is free to reuse now
+        if not ck._mutex.acquire(blocking=False):
+            return None
+        try:
+            if ck.reader is None:
+                return free
+            try:
+                used = self._used_pages(ck.reader, handles)
+            except lmdb.InvalidParameterError:  # a database opened after that snapshot
+                return None
+            return min(free, max(0, ck.last_pgno + 1 - 2 - used))
+        finally:
+            ck._mutex.release()
 
     @staticmethod
     def _used_pages(txn, handles: list) -> int:

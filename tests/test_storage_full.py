@@ -29,13 +29,22 @@ async def call(nc, subject: str, body: bytes | dict = b"") -> dict:
 
 
 async def fill(nc, box: str) -> tuple[list[int], dict]:
-    """SEND until the broker refuses; -> (ids accepted, the refusal)."""
-    ids = []
+    """SEND until the broker keeps refusing; -> (ids accepted, the refusal).
+
+    The first refusal may come from pages that the last checkpoint still pins (each commit
+    copies a few); a checkpoint later they are free again.  So go on until three refusals in a
+    row, 0.3 s apart: then the map is full of live messages."""
+    ids, refused = [], 0
     for _ in range(MAP_SIZE // len(BODY)):
         r = await call(nc, f"$mq9.AI.MSG.SEND.{box}", BODY)
-        if r["error"]:
+        if not r["error"]:
+            ids.append(r["msg_id"])
+            refused = 0
+            continue
+        refused += 1
+        if refused == 3:
             return ids, r
-        ids.append(r["msg_id"])
+        await asyncio.sleep(0.3)
     raise AssertionError("the store never filled up")
 
 
@@ -55,6 +64,9 @@ async def test_a_full_store_refuses_new_data_and_keeps_serving(broker_factory):
         r = await call(nc, "$mq9.AI.AGENT.REGISTER", {"name": "full.agent", "mailbox": "full.box",
                                                       "payload": "an agent"})
         assert r["error"].startswith("storage full: ")
+        for headers in ({"mq9-priority": "critical"}, {"mq9-delay": "5"}):  # the other SEND paths
+            msg = await nc.request("$mq9.AI.MSG.SEND.full.box", b"h", headers=headers, timeout=10)
+            assert json.loads(msg.data)["error"].startswith("storage full: "), headers
         # reads and the writes that make room still work
         r = await call(nc, "$mq9.AI.MSG.FETCH.full.box",
                        {"group_name": "g", "deliver": "earliest", "config": {"num_msgs": 10}})
