@@ -598,13 +598,10 @@ class Store:
         if isinstance(cause, (OSError, lmdb.DiskError)) or self._disk_short:
             why = "the disk is full"
         else:
-            why = f"the store reached its size limit (--map-size {self.map_size_now()} bytes)"
+            why = f"the store reached its size limit (--map-size {self.env.info()['map_size']} bytes)"
         if cause is None:  # a refused write that adds data
             why += "; delete messages or let them expire to make room"
         return StorageFull(f"storage full: {why}")
-
-    def map_size_now(self) -> int:
-        return self.env.info()["map_size"]
 
     def _check_room(self) -> None:
         """After a commit: is there room for new data?  Far from the end of LMDB's map (and of

@@ -8,24 +8,17 @@ limit is reached in a second; a full disk takes the same path (``mq9fast.storage
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 
 import nats
 import pytest
 
-from conftest import connect_to_worker
+from conftest import connect_to_worker, make_factory
+from test_mailbox_support import req
 
 MAP_SIZE = 4 * 1024 * 1024
 BODY = b"m" * 2000  # one overflow page each
-
-
-async def call(nc, subject: str, body: bytes | dict = b"") -> dict:
-    if isinstance(body, dict):
-        body = json.dumps(body).encode()
-    msg = await nc.request(subject, body, timeout=10)
-    return json.loads(msg.data)
 
 
 async def fill(nc, box: str) -> tuple[list[int], dict]:
@@ -36,7 +29,7 @@ async def fill(nc, box: str) -> tuple[list[int], dict]:
     row, 0.3 s apart: then the map is full of live messages."""
     ids, refused = [], 0
     for _ in range(MAP_SIZE // len(BODY)):
-        r = await call(nc, f"$mq9.AI.MSG.SEND.{box}", BODY)
+        r = await req(nc, f"$mq9.AI.MSG.SEND.{box}", BODY)
         if not r["error"]:
             ids.append(r["msg_id"])
             refused = 0
@@ -52,44 +45,44 @@ async def test_a_full_store_refuses_new_data_and_keeps_serving(broker_factory):
     b = broker_factory(map_size=MAP_SIZE)
     nc = await nats.connect(b.url)
     try:
-        assert (await call(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "full.box", "ttl": 0}))["error"] == ""
+        assert (await req(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "full.box", "ttl": 0}))["error"] == ""
         ids, refusal = await fill(nc, "full.box")
         assert len(ids) > 50
         assert refusal["error"].startswith("storage full: ")
         assert f"--map-size {MAP_SIZE}" in refusal["error"]
         # the connection is up; other writes that add data get the same answer
         await nc.flush(timeout=5)
-        r = await call(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "full.other"})
+        r = await req(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "full.other"})
         assert r["error"].startswith("storage full: ")
-        r = await call(nc, "$mq9.AI.AGENT.REGISTER", {"name": "full.agent", "mailbox": "full.box",
+        r = await req(nc, "$mq9.AI.AGENT.REGISTER", {"name": "full.agent", "mailbox": "full.box",
                                                       "payload": "an agent"})
         assert r["error"].startswith("storage full: ")
         for headers in ({"mq9-priority": "critical"}, {"mq9-delay": "5"}):  # the other SEND paths
-            msg = await nc.request("$mq9.AI.MSG.SEND.full.box", b"h", headers=headers, timeout=10)
-            assert json.loads(msg.data)["error"].startswith("storage full: "), headers
+            r = await req(nc, "$mq9.AI.MSG.SEND.full.box", b"h", headers)
+            assert r["error"].startswith("storage full: "), headers
         # reads and the writes that make room still work
-        r = await call(nc, "$mq9.AI.MSG.FETCH.full.box",
+        r = await req(nc, "$mq9.AI.MSG.FETCH.full.box",
                        {"group_name": "g", "deliver": "earliest", "config": {"num_msgs": 10}})
         assert r["error"] == "" and [m["msg_id"] for m in r["messages"]] == ids[:10]
-        assert (await call(nc, "$mq9.AI.MSG.ACK.full.box",
+        assert (await req(nc, "$mq9.AI.MSG.ACK.full.box",
                            {"group_name": "g", "msg_id": ids[9]}))["error"] == ""
-        r = await call(nc, "$mq9.AI.MSG.QUERY.full.box", {"limit": 5})
+        r = await req(nc, "$mq9.AI.MSG.QUERY.full.box", {"limit": 5})
         assert r["error"] == "" and [m["msg_id"] for m in r["messages"]] == ids[:5]
         gone = ids[: len(ids) // 2]
         for mid in gone:
-            r = await call(nc, f"$mq9.AI.MSG.DELETE.full.box.{mid}")
+            r = await req(nc, f"$mq9.AI.MSG.DELETE.full.box.{mid}")
             assert r == {"error": "", "deleted": True}, (mid, r)
         # room again (at the latest once a checkpoint lets LMDB reuse the freed pages)
         deadline = time.monotonic() + 10
         while True:
-            r = await call(nc, "$mq9.AI.MSG.SEND.full.box", b"after")
+            r = await req(nc, "$mq9.AI.MSG.SEND.full.box", b"after")
             if not r["error"] or time.monotonic() > deadline:
                 break
             assert r["error"].startswith("storage full: ")
             await asyncio.sleep(0.1)
         assert r["error"] == "" and r["msg_id"] == ids[-1] + 1  # ids go on: none was taken
         # nothing acknowledged was lost: the messages not deleted are all there, then the new one
-        r = await call(nc, "$mq9.AI.MSG.FETCH.full.box",
+        r = await req(nc, "$mq9.AI.MSG.FETCH.full.box",
                        {"deliver": "earliest", "config": {"num_msgs": 1000}})
         assert [m["msg_id"] for m in r["messages"]] == ids[len(gone):] + [ids[-1] + 1]
     finally:
@@ -98,34 +91,34 @@ async def test_a_full_store_refuses_new_data_and_keeps_serving(broker_factory):
     b.restart()
     nc = await nats.connect(b.url)
     try:
-        r = await call(nc, "$mq9.AI.MSG.QUERY.full.box", {"limit": 100})
+        r = await req(nc, "$mq9.AI.MSG.QUERY.full.box", {"limit": 100})
         assert [m["msg_id"] for m in r["messages"]] == (ids[len(gone):] + [ids[-1] + 1])[:100]
     finally:
         await nc.close()
 
 
-async def test_an_idle_worker_does_not_keep_freed_pages_from_reuse(broker_factory, workers):
+async def test_an_idle_worker_does_not_keep_freed_pages_from_reuse(tmp_path):
     """Each worker pins the snapshot of its last checkpoint; one that no longer writes used to
     keep it forever, so LMDB could reuse none of the pages freed after it and the file grew
-    with every message the other worker stored and deleted."""
-    if workers < 2:
-        pytest.skip("needs a second, idle worker")
-    b = broker_factory(checkpoint_interval=0.2)
+    with every message the other worker stored and deleted.  (Always two workers: one idles.)"""
+    make, cleanup = make_factory(tmp_path, 2)
+    b = make(checkpoint_interval=0.2)
     nc = await connect_to_worker(b, 0)
     sizes = []
     try:
-        assert (await call(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "churn.box", "ttl": 0}))["error"] == ""
+        assert (await req(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "churn.box", "ttl": 0}))["error"] == ""
         for _ in range(8):
-            replies = await asyncio.gather(*(call(nc, "$mq9.AI.MSG.SEND.churn.box", b"c" * 1000)
+            replies = await asyncio.gather(*(req(nc, "$mq9.AI.MSG.SEND.churn.box", b"c" * 1000)
                                              for _ in range(2000)))
             ids = [r["msg_id"] for r in replies]
-            replies = await asyncio.gather(*(call(nc, f"$mq9.AI.MSG.DELETE.churn.box.{i}")
+            replies = await asyncio.gather(*(req(nc, f"$mq9.AI.MSG.DELETE.churn.box.{i}")
                                              for i in ids))
             assert all(r == {"error": "", "deleted": True} for r in replies)
             await asyncio.sleep(0.5)  # a few checkpoints
             sizes.append(os.path.getsize(b.data_dir / "data.mdb"))
     finally:
         await nc.close()
+        cleanup()
     # each round stores ~2 MB and frees it again: the file grows while LMDB's free list fills
     # (and by what a checkpoint interval pins), then stops (≈ 2× the first round's size here);
     # without the fix it grew by the first round's size every round (8× after 8 rounds)
@@ -154,10 +147,10 @@ async def test_a_full_disk_is_storage_full_too(tmp_path, small_disk, workers):
     b.start()
     nc = await nats.connect(b.url)
     try:
-        assert (await call(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "disk.box", "ttl": 0}))["error"] == ""
+        assert (await req(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "disk.box", "ttl": 0}))["error"] == ""
         ids, refusal = [], None
         while refusal is None:
-            replies = await asyncio.gather(*(call(nc, "$mq9.AI.MSG.SEND.disk.box", BODY)
+            replies = await asyncio.gather(*(req(nc, "$mq9.AI.MSG.SEND.disk.box", BODY)
                                              for _ in range(200)))
             for r in replies:
                 if r["error"]:
@@ -167,14 +160,14 @@ async def test_a_full_disk_is_storage_full_too(tmp_path, small_disk, workers):
             assert len(ids) < 48 * 1024 * 1024 // len(BODY), "the disk never filled up"
         assert refusal["error"].startswith("storage full: the disk is full"), refusal
         assert len(ids) > 1000
-        r = await call(nc, "$mq9.AI.MSG.FETCH.disk.box", {"deliver": "earliest", "config": {"num_msgs": 5}})
+        r = await req(nc, "$mq9.AI.MSG.FETCH.disk.box", {"deliver": "earliest", "config": {"num_msgs": 5}})
         assert [m["msg_id"] for m in r["messages"]] == sorted(ids)[:5]
         # deletes free LMDB pages (its file does not shrink; it reuses them): delete them all
-        replies = await asyncio.gather(*(call(nc, f"$mq9.AI.MSG.DELETE.disk.box.{i}") for i in ids))
+        replies = await asyncio.gather(*(req(nc, f"$mq9.AI.MSG.DELETE.disk.box.{i}") for i in ids))
         assert all(r == {"error": "", "deleted": True} for r in replies)
         deadline = time.monotonic() + 10
         while True:
-            r = await call(nc, "$mq9.AI.MSG.SEND.disk.box", b"after")
+            r = await req(nc, "$mq9.AI.MSG.SEND.disk.box", b"after")
             if not r["error"] or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)

@@ -345,26 +345,15 @@ def advance(cur, prefix, unsigned long long pos, set acked, gc, gp):
     cdef uint64_t mid, last = 0
     cdef bint seen = False
     cdef object k, m
-    cdef uint64_t lo = 0, hi = 0, x
     cdef Py_ssize_t na = len(acked)
     if pn != 9:
         raise ValueError("lane prefix must be 9 bytes")
-    if na:
+    if na and min(acked) == pos and max(acked) - pos + 1 == na:
         # pos, pos + 1, ... all confirmed now (a whole FETCH batch): no need to read them
-        for m in acked:
-            x = m
-            if seen:
-                lo = x if x < lo else lo
-                hi = x if x > hi else hi
-            else:
-                lo = hi = x
-                seen = True
-        seen = False
-        if lo == pos and hi - lo + 1 == <uint64_t>na:
-            pos += na
-            acked.clear()
-            if gc is None:
-                return pos
+        pos += na
+        acked.clear()
+        if gc is None:
+            return pos
     if gc is not None:
         gpp = _ptr(gp, &gpn)
         if gpn != 8:
