@@ -175,3 +175,70 @@ async def test_a_full_disk_is_storage_full_too(tmp_path, small_disk, workers):
     finally:
         await nc.close()
         b.stop()
+
+
+async def test_group_fetch_on_a_disk_filled_by_another_program(tmp_path, small_disk, workers):
+    """The lease store maps its file (LMDB ``writemap``); a page first touched while the disk is
+    full used to kill the broker (SIGBUS).  Now a group FETCH that needs room the disk cannot
+    give is refused with ``storage full`` and the broker goes on; once there is room again every
+    group gets every message exactly once."""
+    from conftest import BrokerProcess
+
+    b = BrokerProcess(small_disk / "data", {"workers": workers})
+    b.start()
+    nc = await nats.connect(b.url)
+    filler = small_disk / "filler"
+    groups, count = 100, 500
+    try:
+        assert (await req(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "lease.box", "ttl": 0}))["error"] == ""
+        replies = await asyncio.gather(*(req(nc, "$mq9.AI.MSG.SEND.lease.box", BODY[:1000])
+                                         for _ in range(count)))
+        assert [r["msg_id"] for r in replies] == list(range(count))
+
+        async def fetch(g: int, n: int) -> dict:
+            return await req(nc, "$mq9.AI.MSG.FETCH.lease.box",
+                             {"group_name": f"g{g}", "deliver": "earliest",
+                              "config": {"num_msgs": n, "max_wait_ms": 0}})
+
+        seen: dict[int, list[int]] = {g: [] for g in range(groups)}
+        for g in range(groups):  # each group's start is stored while there is room
+            r = await fetch(g, 1)
+            assert r["error"] == "", r
+            seen[g] += [m["msg_id"] for m in r["messages"]]
+        # another program takes every byte left
+        with open(filler, "wb") as fh:
+            chunk = bytes(1 << 20)
+            while True:
+                try:
+                    fh.write(chunk)
+                    fh.flush()
+                except OSError:
+                    break
+        refused = 0
+        for _ in range(count // 100 + 1):
+            for g in range(groups):
+                r = await fetch(g, 100)
+                if r["error"]:
+                    assert r["error"].startswith("storage full: the disk is full"), r
+                    refused += 1
+                else:
+                    seen[g] += [m["msg_id"] for m in r["messages"]]
+        assert refused > 0, "the leases never needed more disk than the margin"
+        assert b.proc.poll() is None, b.log()
+        filler.unlink()
+        deadline = time.monotonic() + 20
+        while any(len(ids) < count for ids in seen.values()):
+            assert time.monotonic() < deadline, {g: len(ids) for g, ids in seen.items()}
+            for g in range(groups):
+                if len(seen[g]) < count:
+                    r = await fetch(g, 100)
+                    if r["error"]:  # room comes back on the next allocation attempt
+                        assert r["error"].startswith("storage full"), r
+                        await asyncio.sleep(0.1)
+                        continue
+                    seen[g] += [m["msg_id"] for m in r["messages"]]
+        for g, ids in seen.items():
+            assert sorted(ids) == list(range(count)), g  # each message once per group
+    finally:
+        await nc.close()
+        b.stop()

@@ -19,6 +19,7 @@ import time
 from operator import itemgetter
 
 from ..control import Mq9Error, error_reply
+from ..storage import StorageFull
 from .encode import EMPTY_MESSAGES, encode_message, messages_reply
 from .hot import scan, send
 from .layout import (
@@ -558,7 +559,7 @@ class MailboxService:
         """Collect + lease for a group in one volatile write txn (serialised across processes)."""
         now = _now_ms()
         lease_until = now + (req.ack_wait_ms or self.ack_wait_ms)
-        vtxn = self.vol.env.begin(write=True)
+        vtxn = self.vol.write(leasing=True)
         try:
             with self.store.read() as rtxn:
                 box = self._box(rtxn, nameb, now, addr)
@@ -696,7 +697,10 @@ class MailboxService:
         cell, batch_key = release
         if cell and self.vol is not None:
             gid, mids = cell[0]
-            self.vol.release(gid, mids, batch_key)
+            try:
+                self.vol.release(gid, mids, batch_key)
+            except StorageFull:
+                pass  # no disk room: the leases stay until they expire (the ACK itself is durable)
 
     def _ack_prepare(self, addr: str, payload):
         """Validate an ACK and read what it needs; -> (writer fn, lease release info or None)."""
@@ -996,9 +1000,12 @@ class MailboxService:
         """One sweep transaction; True if more work is left."""
         gids, more = await self.store.write(self._w_sweep)
         if self.vol is not None:
-            self.vol.clear_groups(gids)
-            if not more:
-                self.vol.sweep(_now_ms(), LEASE_KEEP_MS)
+            try:
+                self.vol.clear_groups(gids)
+                if not more:
+                    self.vol.sweep(_now_ms(), LEASE_KEEP_MS)
+            except StorageFull:
+                pass  # no disk room: expired leases are swept later (they block nothing)
         return more
 
     async def _sweep_loop(self) -> None:

@@ -22,15 +22,29 @@ DBs:
 * ``meta``    ``b"batch"`` -> next batch id (u64be);
   ``b"redelivered"`` -> messages handed out again after their lease expired, since the broker run
   started (u64be; shared by all workers, reset with the leases)
+
+Disk.  With ``writemap`` LMDB makes its file a sparse file as large as the map and writes pages
+by storing into the mapping: a page that has no disk block yet gets one when it is first
+touched, and if the disk is full then, the kernel kills the process with SIGBUS (seen: a group
+FETCH after another program filled the disk).  So every write transaction begins with
+``write``: holding LMDB's writer lock (no process allocates pages meanwhile), it makes sure the
+file has disk blocks (``posix_fallocate``) for ``margin`` bytes beyond the pages LMDB uses, which
+no transaction outgrows (a FETCH's leases are bounded by its 30 MiB reply budget).  When the
+disk cannot give them, transactions that add leases (group FETCH) are refused with
+``StorageFull`` and the others (ACK's release, sweeps) go on within what is left of the margin,
+retrying the allocation at most every ``FULL_RETRY_S``.
 """
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import struct
+import time
 
 import lmdb
 
+from ..storage import StorageFull, is_full_error
 from .hot import scan
 from .layout import BATCH_HEAD, BE_U64, BE_U64x2, LANE_ID, LEASE, u64
 
@@ -39,6 +53,13 @@ LEXP_KEY = struct.Struct(">QQQ")
 REDELIVERED = b"redelivered"
 #: file beside the environment naming the broker run that created it (``open_for_run``)
 RUN_FILE = "run"
+#: disk blocks kept allocated beyond LMDB's pages: 1/64 of the filesystem, within these bounds
+MARGIN_MIN = 1 << 20
+MARGIN_MAX = 64 << 20
+#: while the disk has no room for the margin, try to allocate it again at most this often
+FULL_RETRY_S = 0.5
+
+log = logging.getLogger("mq9fast.mailbox")
 
 
 class Volatile:
@@ -51,6 +72,58 @@ class Volatile:
         self.batches = self.env.open_db(b"batches")
         self.meta = self.env.open_db(b"meta")
         self.lexp = self.env.open_db(b"lexp")
+        self.map_size = map_size
+        self._psize = self.env.stat()["psize"]
+        self._fd = os.open(os.path.join(path, "data.mdb"), os.O_RDWR | os.O_CLOEXEC)
+        st = os.statvfs(path)
+        self.margin = min(MARGIN_MAX, max(MARGIN_MIN, st.f_blocks * st.f_frsize // 64))
+        self.backed = 0   # bytes at the start of the file known to have disk blocks
+        self.full = False  # the last allocation failed for lack of room
+        self._retry_at = 0.0
+        self.write().commit()  # the first stretch (or ``full`` from the start)
+
+    def write(self, leasing: bool = False) -> lmdb.Transaction:
+        """Begin a write transaction once the file has disk blocks for ``margin`` bytes beyond
+        the pages LMDB uses (see "Disk" above).  ``leasing``: it adds leases, and is refused with
+        ``StorageFull`` while that room cannot be had; the others need a quarter of it."""
+        txn = self.env.begin(write=True)
+        try:
+            used = (self.env.info()["last_pgno"] + 1) * self._psize
+            if used + self.margin > self.backed:
+                self._allocate(used)
+            need = self.margin if leasing else self.margin // 4
+            if used + need > min(self.backed, self.map_size):
+                if self.backed >= self.map_size:
+                    raise StorageFull(f"storage full: too many leases outstanding ({used} bytes "
+                                      "of them); ACK messages or let their leases expire")
+                raise StorageFull("storage full: the disk is full")
+        except BaseException:
+            txn.abort()
+            raise
+        return txn
+
+    def _allocate(self, used: int) -> None:
+        """Give the file disk blocks up to ``used + 2 * margin`` (caller holds the writer lock,
+        so nobody uses the pages past ``used``; on a filesystem without ``fallocate`` glibc
+        writes zeros there, which is as good)."""
+        now = time.monotonic()
+        if self.full and now < self._retry_at:
+            return
+        step = self.margin
+        want = min(self.map_size, -(-(used + 2 * step) // step) * step)
+        try:
+            os.posix_fallocate(self._fd, used, want - used)
+        except OSError as exc:
+            if not is_full_error(exc):
+                raise
+            if not self.full:
+                log.warning("no disk room for the lease store (%s): group FETCH refused until "
+                            "there is", exc.strerror)
+            self.full, self._retry_at = True, now + FULL_RETRY_S
+            return
+        if self.full:
+            log.warning("disk room for the lease store again: group FETCH resumes")
+        self.backed, self.full = want, False
 
     @classmethod
     def open_for_run(cls, path: str, run_key: bytes) -> tuple["Volatile", bool]:
@@ -105,7 +178,7 @@ class Volatile:
         """Drop all leases and batches of the given group ids."""
         if not gids:
             return
-        with self.env.begin(write=True) as txn:
+        with self.write() as txn:
             for gid in gids:
                 prefix = u64(gid)
                 for db in (self.leases, self.batches):
@@ -120,7 +193,7 @@ class Volatile:
 
     def release(self, gid: int, msg_ids, batch_key: bytes | None) -> None:
         """After an ACK is durable: forget the leases of the confirmed ids (and the batch)."""
-        with self.env.begin(write=True) as txn:
+        with self.write() as txn:
             scan.release(txn.cursor(db=self.leases), u64(gid), msg_ids)
             if batch_key is not None:
                 bv = txn.get(batch_key, db=self.batches)
@@ -136,7 +209,7 @@ class Volatile:
         """
         cutoff = now_ms - keep_ms
         n = 0
-        with self.env.begin(write=True) as txn:
+        with self.write() as txn:
             for db, head in ((self.leases, LEASE), (self.batches, BATCH_HEAD)):
                 cur = txn.cursor(db=db)
                 if not cur.first():
@@ -199,3 +272,4 @@ class Volatile:
 
     def close(self) -> None:
         self.env.close()
+        os.close(self._fd)
