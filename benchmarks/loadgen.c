@@ -12,6 +12,7 @@
  *   loadgen jspub       --url U --inflight K --seconds S --size 128 --stream NAME
  *   loadgen mq9fetch    --url U --count N --batch 100
  *   loadgen jsfetch     --url U --count N --batch 100
+ *   loadgen ping        --url U --subject S [--body B] --count N
  *   loadgen register    --url U --count N [--start I] [--inflight K]
  *   loadgen discover    --url U --mode text|semantic --count N [--inflight 1]
  *   loadgen connections --url U --count N --src-prefix 127.0.0. [--seconds S] [--procs P]
@@ -214,6 +215,8 @@ typedef struct {
     const char *route;  /* shared | split | local (see run_pubsub_multi / run_reqrep_multi) */
     int mailboxes;      /* mq9send/jspub with --conns: distinct mailboxes (0 = one per connection) */
     int procs;          /* connections: processes holding the idle connections (RLIMIT_NOFILE each) */
+    const char *subject; /* ping: the request subject */
+    const char *body;    /* ping: the request body */
 } opts_t;
 
 static opts_t O = {
@@ -244,6 +247,8 @@ static opts_t O = {
     .route = "shared",
     .mailboxes = 0,
     .procs = 1,
+    .subject = NULL,
+    .body = "",
 };
 
 static void parse_opts(int argc, char **argv)
@@ -281,6 +286,8 @@ static void parse_opts(int argc, char **argv)
         else if (!strcmp(k, "route")) O.route = v;
         else if (!strcmp(k, "mailboxes")) O.mailboxes = atoi(v);
         else if (!strcmp(k, "procs")) O.procs = atoi(v);
+        else if (!strcmp(k, "subject")) O.subject = v;
+        else if (!strcmp(k, "body")) O.body = v;
         else die("unknown option --%s", k);
     }
     if (O.size < 0 || O.size > 1000000) die("bad --size");
@@ -2849,6 +2856,43 @@ static void run_jsfetch(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* scenario: ping (one request at a time through libnats, as the fetch  */
+/* scenarios send theirs: the round-trip floor of a request)           */
+/* ------------------------------------------------------------------ */
+
+static void run_ping(void)
+{
+    if (!O.subject)
+        die("ping needs --subject");
+    long n = O.count > 0 ? O.count : 20000;
+    natsConnection *nc = nats_connect("lg-ping", true);
+    int blen = (int)strlen(O.body);
+    for (int i = 0; i < 200; i++) /* warm up */
+        natsMsg_Destroy(request(nc, O.subject, O.body, blen, 5000));
+    natsMsg *first = request(nc, O.subject, O.body, blen, 5000);
+    char reply[200];
+    excerpt(reply, sizeof reply, natsMsg_GetData(first), natsMsg_GetDataLength(first));
+    natsMsg_Destroy(first);
+    lat_t lat = {0};
+    mark_t a = mark_now();
+    for (long i = 0; i < n; i++) {
+        int64_t t1 = now_ns();
+        natsMsg_Destroy(request(nc, O.subject, O.body, blen, 5000));
+        lat_add(&lat, now_ns() - t1);
+    }
+    mark_t b = mark_now();
+    double el = (b.t - a.t) / 1e9;
+    out_num("rate", el > 0 ? n / el : 0);
+    out_int("count", n);
+    out_str("reply", reply);
+    out_window(&a, &b);
+    out_lat(&lat);
+    out_bool("ok", true);
+    free(lat.v);
+    natsConnection_Destroy(nc);
+}
+
+/* ------------------------------------------------------------------ */
 /* registry scenarios                                                  */
 /* ------------------------------------------------------------------ */
 
@@ -3272,7 +3316,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: loadgen SCENARIO [--option value ...]\n"
-            "scenarios: pubsub reqrep mq9send jspub mq9fetch jsfetch register discover "
+            "scenarios: pubsub reqrep mq9send jspub mq9fetch jsfetch ping register discover "
             "connections card query\n");
     exit(1);
 }
@@ -3305,6 +3349,7 @@ int main(int argc, char **argv)
     else if (!strcmp(g_scenario, "jspub")) run_jspub();
     else if (!strcmp(g_scenario, "mq9fetch")) run_mq9fetch();
     else if (!strcmp(g_scenario, "jsfetch")) run_jsfetch();
+    else if (!strcmp(g_scenario, "ping")) run_ping();
     else if (!strcmp(g_scenario, "register")) run_register();
     else if (!strcmp(g_scenario, "discover")) run_discover();
     else if (!strcmp(g_scenario, "connections")) run_connections();

@@ -28,7 +28,9 @@ parts, k 3-20, weight 0.25-1: 0.77-0.889; the single best cell, cards k=5 weight
 with its grid neighbours at 0.87-0.88, picked on the whole set, and would need every card's
 neighbour statistics kept current at 10 k agents), pseudo-relevance feedback (Rocchio with the
 top 1-10 cards or parts: ≤ 0.880), p-norm instead of max over the parts (0.85-0.86), and late
-interaction over MiniLM's token vectors (ColBERT-style max-sim, alone 0.82, blended ≤ 0.880).  The
+interaction over MiniLM's token vectors (ColBERT-style max-sim, alone 0.82, blended ≤ 0.880),
+and (sixth session) clause-level multi-vector scoring: the card's strings split into clauses as
+extra parts (0.861) and the query's clauses blended with the whole query (0.870-0.880).  The
 13 misses are paraphrases the model places near a neighbouring card (a narrator reading a blog
 post aloud -> the transcriber); 5 of them rank the right card second.
 
