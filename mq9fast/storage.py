@@ -99,6 +99,14 @@ writes ahead; a log that cannot grow by a chunk grows by what its record needs
 (``wal.Wal.append``); ENOSPC/EDQUOT - and EIO while the disk is nearly full, LMDB's report of a
 short write - answer ``storage full`` too.
 
+Another program may take the rest of the disk, reserve included.  The writes that make room
+then still find blocks of the store's own: ``AHEAD_BYTES`` kept allocated past the end of
+LMDB's pages once the disk's free space is within 8 reserves + 1 GiB (``_reserve_ahead``,
+``fallocate`` without changing the file's size; they count as room), a checkpoint written into a spare file that is swapped into place
+(``files.replace_from_spare``), and the log's two files taking turns (``wal.Wal.append``).  A
+commit that finds no blocks anyway is retried after a checkpoint, as for a full map: the pages
+freed since the last checkpoint are then reused instead of new ones.
+
 Each worker pins the snapshot of its own last checkpoint.  A worker whose snapshot is older than
 the checkpoint file's (another worker checkpointed since) lets it go (``_unpin_if_superseded``):
 the newest checkpoint is the one a restart rolls back to, and an idle worker's old snapshot, as
@@ -148,7 +156,7 @@ from typing import Any, Callable
 
 import lmdb
 
-from . import wal
+from . import files, wal
 from .control import Mq9Error
 
 log = logging.getLogger("mq9fast.storage")
@@ -169,6 +177,8 @@ IDLE_CHECK_INTERVAL = 0.1
 #: a batch that finds LMDB's map full is run again after a checkpoint, this many times at most,
 #: waiting 0.1 s more each time (other workers' checkpoints may be what frees the pages)
 NO_ROOM_RETRIES = 3
+#: at most this much disk is kept allocated past the end of LMDB's file (``_reserve_ahead``)
+AHEAD_BYTES = 16 << 20
 
 
 class _NoRoom(Exception):
@@ -264,8 +274,18 @@ class Store:
         self._end_seen = 0        # end of LMDB's file at the last check, bytes
         self._no_room = False     # the last failed segment failed on LMDB's map (not the disk)
         self._disk_short = False  # at the last check the disk had less room than LMDB's map
-        self._disk_free = self._disk_end = 0   # statvfs free bytes, and the file's end then
+        #: statvfs free bytes, and then the end of what LMDB's file has blocks for (its pages and
+        #: the blocks reserved ahead of them)
+        self._disk_free = self._disk_end = 0
+        self._data_fd = os.open(os.path.join(path, "data.mdb"), os.O_RDWR | os.O_CLOEXEC)
+        #: disk blocks kept allocated past LMDB's pages once the disk is near full
+        #: (``_reserve_ahead``): enough for the writes that make room between two checkpoints,
+        #: not the whole reserve (1 % of the disk)
+        self.ahead = min(self.reserve, AHEAD_BYTES)
+        self._ahead_end = 0       # LMDB's file has disk blocks up to here
+        self._ahead_ok = True     # the filesystem can reserve blocks past a file's end
         self._disk_next = 0.0                  # monotonic time of the next statvfs
+        self._disk_near = False   # the disk's free space is within 8 reserves + 1 GiB
         self._psize = self.env.stat()["psize"]
         self._main_db = self.env.open_db(None)
         self.wal: wal.Wal | None = None
@@ -483,9 +503,10 @@ class Store:
                 results = self._run_batch(batch, self.checkpointer is not None)
                 tries = 0
                 while results is _NO_ROOM:
-                    # LMDB's map is full, but the pages freed since the last checkpoint are pinned
-                    # by its reader (and other workers' by theirs): checkpoint now - LMDB may then
-                    # reuse them - and run the batch again; the last try fails with StorageFull
+                    # LMDB's map (or the disk) is full, but the pages freed since the last
+                    # checkpoint are pinned by its reader (and other workers' by theirs):
+                    # checkpoint now - LMDB may then reuse them - and run the batch again; the
+                    # last try fails with StorageFull
                     tries += 1
                     time.sleep(0.1 * (tries - 1))
                     try:
@@ -512,6 +533,11 @@ class Store:
         env = self.env
         results: list = []
         ops = wal.OpLog() if self.logged else None
+        if self.full:  # look again first: room may have come back (files deleted) since the last commit
+            try:
+                self._check_room()
+            except Exception:  # noqa: BLE001
+                log.exception("room check failed")
         full = self.full
         try:
             txn = env.begin(write=True)
@@ -561,8 +587,10 @@ class Store:
             else:
                 self._log_and_commit(txn, ops)
         except BaseException as exc:  # noqa: BLE001
-            if retry and isinstance(exc, lmdb.MapFullError):
-                return _NO_ROOM  # (the commit allocates pages too: the free list, the meta)
+            if retry and (isinstance(exc, lmdb.MapFullError) or self._is_full(exc)):
+                # (the commit allocates pages too: the free list, the meta; and on a disk that
+                # another program filled, its new pages may find no blocks: the same remedy)
+                return _NO_ROOM
             if self._is_full(exc):
                 log.warning("group commit failed: %s", exc)
                 return self._full_error(exc)
@@ -603,6 +631,23 @@ class Store:
             why += "; delete messages or let them expire to make room"
         return StorageFull(f"storage full: {why}")
 
+    def _reserve_ahead(self, end: int) -> None:
+        """Keep ``ahead`` bytes of disk blocks allocated past the end of LMDB's pages (without
+        changing the file's size), so that the commits that make room (ACK, DELETE, sweeps) find
+        blocks when another program has taken the rest of the disk.  The blocks count as used in
+        ``statvfs`` and as room here (``_disk_end``)."""
+        for length in (self.ahead, self.ahead // 8):
+            try:
+                if not files.reserve_blocks(self._data_fd, end, length):
+                    self._ahead_ok = False  # (this filesystem cannot; LMDB's file grows as before)
+                    return
+            except OSError as exc:
+                if is_full_error(exc):
+                    continue
+                raise
+            self._ahead_end = max(self._ahead_end, end + length)
+            return
+
     def _check_room(self) -> None:
         """After a commit: is there room for new data?  Far from the end of LMDB's map (and of
         the disk, asked at most every ``DISK_CHECK_INTERVAL``) yes.  Within ``reserve`` of it:
@@ -617,11 +662,15 @@ class Store:
         now = time.monotonic()
         if now >= self._disk_next:
             st = os.statvfs(self.path)
-            self._disk_free, self._disk_end = st.f_bavail * st.f_frsize, end
+            self._disk_free = st.f_bavail * st.f_frsize
+            self._disk_end = max(end, self._ahead_end)
             # near the disk's end, look every commit (the log grows too, not only LMDB's file)
             near = self._disk_free < 8 * self.reserve + (1 << 30)
             self._disk_next = now + (0.0 if near else DISK_CHECK_INTERVAL)
-        disk = self._disk_free - max(0, end - self._disk_end)
+            self._disk_near = near
+        if self._disk_near and self._ahead_ok and self._ahead_end - end < self.ahead // 2:
+            self._reserve_ahead(end)
+        disk = self._disk_free + self._disk_end - end  # (what is left of the blocks ahead counts)
         if self.wal is not None:  # room for the log's next chunk, which it writes ahead
             disk -= self.wal.next_extension()
         grow = min(info["map_size"] - end, disk)
@@ -831,3 +880,4 @@ class Store:
             if self.wal is not None:
                 self.wal.close()
             self.env.close()
+            os.close(self._data_fd)

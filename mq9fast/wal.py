@@ -20,7 +20,8 @@ state; it rebuilds it from the last *checkpoint* plus the log:
 * **Checkpoint** (``Checkpointer.take``): while holding LMDB's writer lock (no commit can
   interleave), ``env.sync`` flushes the data file, the two meta pages (the first two pages of
   ``data.mdb``) are read back and saved with the last transaction id ``C`` in the file
-  ``checkpoint`` (temp file, fsync, rename, fsync of the directory), and a read transaction is
+  ``checkpoint`` (written into ``checkpoint.spare``, fsynced, swapped with ``checkpoint``
+  atomically, directory fsynced: ``files.replace_from_spare``), and a read transaction is
   opened on snapshot ``C`` and *kept open* until the next checkpoint is durable.  LMDB never
   reuses a page that an open reader's snapshot can see, so every page of snapshot ``C`` stays
   exactly as it was flushed, whatever is written after it.
@@ -68,7 +69,7 @@ from typing import Iterable
 
 import lmdb
 
-from .files import fsync_dir
+from .files import replace_from_spare
 
 log = logging.getLogger("mq9fast.wal")
 
@@ -281,6 +282,20 @@ class Wal:
             self._switch_at = SWITCH_BYTES
         self._seed = zlib.crc32(struct.pack("<Q", self.epoch))
         self._load_tail()
+        self._presize(1 - self.cur)
+
+    def _presize(self, i: int) -> None:
+        """Give file ``i`` (not the current one) its first chunk of zeros now, while there is
+        room: when the disk fills up, ``append`` can go on in it (see there)."""
+        fd = self.fds[i]
+        pos, to = os.fstat(fd).st_size, HEAD_BYTES + CHUNK_MIN
+        zeros = bytes(to - pos) if pos < to else b""
+        try:
+            while pos < to:  # (past its records, if it has any: they are left alone)
+                pos += os.pwrite(fd, zeros[: to - pos], pos)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
 
     def _load_tail(self) -> None:
         """Keep the bytes of the current block before ``off``: a direct append rewrites them."""
@@ -329,8 +344,15 @@ class Wal:
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
-                # the disk is (nearly) full: just the room this record needs, if there is that
-                self._extend(fd, -(-end // ALIGN) * ALIGN)
+                # the disk is (nearly) full: go on in the other file if it is long enough and all
+                # its records are checkpointed (its blocks are ours: the two files take turns
+                # with no new room), else grow by just what this record needs, if there is that
+                need = len(rec) + len(body)
+                if (os.fstat(self.fds[1 - self.cur]).st_size >= HEAD_BYTES + need
+                        and self._maybe_switch()):
+                    fd, end = self.fds[self.cur], self.off + need
+                else:
+                    self._extend(fd, -(-end // ALIGN) * ALIGN)
         t0 = time.perf_counter()
         dfd = self.dfds[self.cur]
         if dfd is None or not self._write_direct(dfd, rec, body, end):
@@ -377,13 +399,16 @@ class Wal:
         self._tail = bytes(buf[n - keep:n]) if keep else b""
         return True
 
-    def _maybe_switch(self) -> None:
+    def _maybe_switch(self) -> bool:
+        """Move on to the other file if every record in it is checkpointed; -> whether it did."""
         other = 1 - self.cur
         ck = read_checkpoint(self.ckpt_path)
         if ck is not None and ck["txnid"] >= self.max_txnid[other]:
             self._start_file(other, self.epoch + 1)
-        else:  # the other file still holds records newer than the checkpoint: look again later
-            self._switch_at = self.off + SWITCH_RETRY_BYTES
+            return True
+        # the other file still holds records newer than the checkpoint: look again later
+        self._switch_at = self.off + SWITCH_RETRY_BYTES
+        return False
 
     def close(self) -> None:
         for fd in self.fds + [d for d in self.dfds if d is not None]:
@@ -414,13 +439,7 @@ def _write_checkpoint(path: str, txnid: int, psize: int, metas: bytes, gen: int)
     head = json.dumps({"txnid": txnid, "psize": psize, "boot": boot_id(), "crc": zlib.crc32(metas),
                        "gen": gen,
                        "time": time.time(), "pid": os.getpid()}).encode()
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(head + b"\n" + metas)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path)
+    replace_from_spare(path, head + b"\n" + metas)  # (works on a full disk: no new blocks)
 
 
 class Checkpointer:
@@ -501,10 +520,11 @@ def forget(path: str) -> None:
     """The store runs without the log (``--fsync interval|never``) from now on: drop the checkpoint
     and the logs, which would otherwise roll a later start back to a snapshot whose pages LMDB
     has since reused."""
-    try:
-        os.unlink(os.path.join(path, CHECKPOINT_FILE))
-    except FileNotFoundError:
-        pass
+    for name in (CHECKPOINT_FILE, CHECKPOINT_FILE + ".spare"):
+        try:
+            os.unlink(os.path.join(path, name))
+        except FileNotFoundError:
+            pass
     shutil.rmtree(os.path.join(path, WAL_DIR), ignore_errors=True)
 
 

@@ -242,3 +242,89 @@ async def test_group_fetch_on_a_disk_filled_by_another_program(tmp_path, small_d
     finally:
         await nc.close()
         b.stop()
+
+
+async def test_a_disk_filled_by_another_program_still_takes_the_writes_that_make_room(
+        tmp_path, small_disk, workers):
+    """Another program takes every free byte of the disk.  New data is refused, and the writes
+    that make room or need none go on for as long as they come: ACK, DELETE, REPORT (large
+    ones, so the log has to move on to its other file), UNREGISTER, QUERY, FETCH.  The store
+    keeps blocks of its own for them: ahead of LMDB's file, a spare checkpoint file swapped into
+    place, and the log's two files taking turns.  Once the disk has room, new data is taken at
+    once, and everything acknowledged survives a restart."""
+    from conftest import BrokerProcess
+
+    b = BrokerProcess(small_disk / "data", {"workers": workers})
+    b.start()
+    nc = await nats.connect(b.url)
+    filler = small_disk / "filler"
+    report = {"name": "agent0", "status": "x" * 20000}
+    try:
+        assert (await req(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "room.box", "ttl": 0}))["error"] == ""
+        for i in range(40):
+            r = await req(nc, "$mq9.AI.AGENT.REGISTER", {"name": f"agent{i}", "mailbox": f"m{i}"})
+            assert r["error"] == "", r
+        replies = await asyncio.gather(*(req(nc, "$mq9.AI.MSG.SEND.room.box", BODY[:300])
+                                         for _ in range(400)))
+        assert [r["msg_id"] for r in replies] == list(range(400))
+        await asyncio.sleep(1.5)  # a checkpoint or two
+        with open(filler, "wb") as fh:
+            while True:
+                try:
+                    fh.write(bytes(1 << 20))
+                    fh.flush()
+                except OSError:
+                    break
+            fh.truncate(fh.tell())
+        assert os.statvfs(small_disk).f_bavail < 64, "the disk is not full"
+        extra: list[int] = []  # new data fits while LMDB has free pages; then it is refused
+        while True:
+            r = await req(nc, "$mq9.AI.MSG.SEND.room.box", b"new")
+            if r["error"]:
+                break
+            extra.append(r["msg_id"])
+            assert len(extra) < 5000, "SEND never refused"
+        fetch = {"group_name": "g", "deliver": "earliest", "config": {"num_msgs": 2, "max_wait_ms": 0}}
+        got: list[int] = []
+        for i in range(150):
+            r = await req(nc, "$mq9.AI.MSG.FETCH.room.box", fetch)
+            assert r["error"] == "", (i, r)
+            ids = [m["msg_id"] for m in r["messages"]]
+            assert ids and ids[0] == (got[-1] + 1 if got else 0), (i, ids, got[-3:])
+            got += ids
+            r = await req(nc, "$mq9.AI.MSG.ACK.room.box",
+                          {"group_name": "g", "mail_address": "room.box", "msg_id": ids[-1]})
+            assert r["error"] == "", (i, r)
+            if i < 100:
+                assert await req(nc, f"$mq9.AI.MSG.DELETE.room.box.{300 + i}") == \
+                    {"error": "", "deleted": True}, i
+            assert (await req(nc, "$mq9.AI.AGENT.REPORT", report))["error"] == "", i
+            if i < 30:
+                assert (await req(nc, "$mq9.AI.AGENT.UNREGISTER", {"name": f"agent{10 + i}"}))["error"] == ""
+            if i % 50 == 0:
+                for subject, body in (("$mq9.AI.MSG.SEND.room.box", b"new"),
+                                      ("$mq9.AI.MAILBOX.CREATE", {"name": f"new{i}"}),
+                                      ("$mq9.AI.AGENT.REGISTER", {"name": f"new{i}", "mailbox": "n"})):
+                    r = await req(nc, subject, body)
+                    assert r["error"].startswith("storage full: the disk is full"), (subject, r)
+        assert got == list(range(300))
+        r = await req(nc, "$mq9.AI.MSG.QUERY.room.box", {"limit": 100})
+        assert r["error"] == "" and r["messages"][0]["msg_id"] == 0
+        assert b.proc.poll() is None, b.log()
+        filler.unlink()
+        r = await req(nc, "$mq9.AI.MSG.SEND.room.box", b"after")
+        assert r == {"error": "", "msg_id": 400 + len(extra)}, r
+        assert (await req(nc, "$mq9.AI.AGENT.REGISTER", {"name": "after", "mailbox": "a"}))["error"] == ""
+    finally:
+        await nc.close()
+        b.stop()
+    b.start()  # everything acknowledged is still there
+    nc = await nats.connect(b.url)
+    try:
+        r = await req(nc, "$mq9.AI.MSG.FETCH.room.box", {**fetch, "config": {"num_msgs": 5000}})
+        assert [m["msg_id"] for m in r["messages"]] == extra + [400 + len(extra)], r
+        names = {a["name"] for a in (await req(nc, "$mq9.AI.AGENT.DISCOVER", {"limit": 100}))["agents"]}
+        assert names == {f"agent{i}" for i in range(10)} | {"after"}, names
+    finally:
+        await nc.close()
+        b.stop()

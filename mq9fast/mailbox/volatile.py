@@ -29,7 +29,7 @@ touched, and if the disk is full then, the kernel kills the process with SIGBUS 
 FETCH after another program filled the disk).  So every write transaction begins with
 ``write``: holding LMDB's writer lock (no process allocates pages meanwhile), it makes sure the
 file has disk blocks (``posix_fallocate``) for ``margin`` bytes beyond the pages LMDB uses, which
-no transaction outgrows (a FETCH's leases are bounded by its 30 MiB reply budget).  When the
+no transaction outgrows (a FETCH leases at most 10 000 messages: a few MiB).  When the
 disk cannot give them, transactions that add leases (group FETCH) are refused with
 ``StorageFull`` and the others (ACK's release, sweeps) go on within what is left of the margin,
 retrying the allocation at most every ``FULL_RETRY_S``.
@@ -53,9 +53,8 @@ LEXP_KEY = struct.Struct(">QQQ")
 REDELIVERED = b"redelivered"
 #: file beside the environment naming the broker run that created it (``open_for_run``)
 RUN_FILE = "run"
-#: disk blocks kept allocated beyond LMDB's pages: 1/64 of the filesystem, within these bounds
-MARGIN_MIN = 1 << 20
-MARGIN_MAX = 64 << 20
+#: disk blocks kept allocated beyond LMDB's pages (the file then takes up to 1.5 of it beyond)
+MARGIN = 4 << 20
 #: while the disk has no room for the margin, try to allocate it again at most this often
 FULL_RETRY_S = 0.5
 
@@ -75,8 +74,7 @@ class Volatile:
         self.map_size = map_size
         self._psize = self.env.stat()["psize"]
         self._fd = os.open(os.path.join(path, "data.mdb"), os.O_RDWR | os.O_CLOEXEC)
-        st = os.statvfs(path)
-        self.margin = min(MARGIN_MAX, max(MARGIN_MIN, st.f_blocks * st.f_frsize // 64))
+        self.margin = MARGIN
         self.backed = 0   # bytes at the start of the file known to have disk blocks
         self.full = False  # the last allocation failed for lack of room
         self._retry_at = 0.0
@@ -103,14 +101,14 @@ class Volatile:
         return txn
 
     def _allocate(self, used: int) -> None:
-        """Give the file disk blocks up to ``used + 2 * margin`` (caller holds the writer lock,
+        """Give the file disk blocks up to ``used + 1.5 * margin`` (caller holds the writer lock,
         so nobody uses the pages past ``used``; on a filesystem without ``fallocate`` glibc
         writes zeros there, which is as good)."""
         now = time.monotonic()
         if self.full and now < self._retry_at:
             return
-        step = self.margin
-        want = min(self.map_size, -(-(used + 2 * step) // step) * step)
+        step = self.margin // 2
+        want = min(self.map_size, -(-(used + self.margin + step) // step) * step)
         try:
             os.posix_fallocate(self._fd, used, want - used)
         except OSError as exc:
