@@ -79,12 +79,17 @@ def one_round(args, tree: Path, extra_env: dict[str, str], loadgen: Path) -> dic
         out = subprocess.run(["taskset", "-c", "1"] + cmd, capture_output=True, text=True, check=False)
         return json.loads(out.stdout)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(data, ignore_errors=True)
+        stop(proc, data)
+
+
+def stop(proc: subprocess.Popen, data: Path) -> None:
+    """SIGTERM the broker (SIGKILL after 30 s) and remove its data directory."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    shutil.rmtree(data, ignore_errors=True)
 
 
 def summary(r: dict, scenario: str) -> str:

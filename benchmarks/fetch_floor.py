@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab import wait_port  # noqa: E402
+from ab import stop, wait_port  # noqa: E402
 from run import REPO, build_loadgen, find_nats_server, free_port  # noqa: E402
 
 PING_MQ9 = ("$mq9.AI.MSG.QUERY.floor.nosuch", "{}")
@@ -77,12 +76,7 @@ def run_round(args, loadgen: Path, kind: str) -> dict:
             r = gen("mq9fetch", "--count", str(args.count), "--batch", "100", "--mailbox", "floor.f")
         return {"ping": ping, "round": r["round_p50_us"], "rate": r["rate"]}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(data, ignore_errors=True)
+        stop(proc, data)
 
 
 def main() -> None:
