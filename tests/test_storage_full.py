@@ -328,3 +328,44 @@ async def test_a_disk_filled_by_another_program_still_takes_the_writes_that_make
     finally:
         await nc.close()
         b.stop()
+
+
+async def test_a_broker_killed_on_a_full_disk_starts_again_on_it(tmp_path, small_disk, workers):
+    """kill -9 while another program holds every free byte; the broker restarts on that disk
+    (it used to fail: the new lease store found no room), delivers every acknowledged SEND to
+    a new group and takes its ACK."""
+    from conftest import BrokerProcess
+
+    b = BrokerProcess(small_disk / "data", {"workers": workers})
+    b.start()
+    nc = await nats.connect(b.url)
+    try:
+        assert (await req(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "k.box", "ttl": 0}))["error"] == ""
+        replies = await asyncio.gather(*(req(nc, "$mq9.AI.MSG.SEND.k.box", BODY[:300])
+                                         for _ in range(300)))
+        assert [r["msg_id"] for r in replies] == list(range(300))
+        with open(small_disk / "filler", "wb") as fh:
+            while True:
+                try:
+                    fh.write(bytes(1 << 20))
+                    fh.flush()
+                except OSError:
+                    break
+            fh.truncate(fh.tell())
+        assert os.statvfs(small_disk).f_bavail < 64, "the disk is not full"
+    finally:
+        await nc.close()
+    b.kill()
+    b.start()
+    nc = await nats.connect(b.url)
+    try:
+        r = await req(nc, "$mq9.AI.MSG.FETCH.k.box",
+                      {"group_name": "g", "deliver": "earliest", "config": {"num_msgs": 300, "max_wait_ms": 0}})
+        assert [m["msg_id"] for m in r["messages"]] == list(range(300)), r.get("error")
+        r = await req(nc, "$mq9.AI.MSG.ACK.k.box", {"group_name": "g", "mail_address": "k.box", "msg_id": 299})
+        assert r == {"error": ""}, r
+        r = await req(nc, "$mq9.AI.MSG.SEND.k.box", b"new")
+        assert r["error"].startswith("storage full: the disk is full"), r
+    finally:
+        await nc.close()
+        b.stop()

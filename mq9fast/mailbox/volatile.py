@@ -44,6 +44,7 @@ import time
 
 import lmdb
 
+from ..files import replace_from_spare
 from ..storage import StorageFull, is_full_error
 from .hot import scan
 from .layout import BATCH_HEAD, BE_U64, BE_U64x2, LANE_ID, LEASE, u64
@@ -78,7 +79,11 @@ class Volatile:
         self.backed = 0   # bytes at the start of the file known to have disk blocks
         self.full = False  # the last allocation failed for lack of room
         self._retry_at = 0.0
-        self.write().commit()  # the first stretch (or ``full`` from the start)
+        txn = self.env.begin(write=True)  # the first stretch (or ``full`` from the start)
+        try:
+            self._allocate((self.env.info()["last_pgno"] + 1) * self._psize)
+        finally:
+            txn.abort()
 
     def write(self, leasing: bool = False) -> lmdb.Transaction:
         """Begin a write transaction once the file has disk blocks for ``margin`` bytes beyond
@@ -94,34 +99,42 @@ class Volatile:
                 if self.backed >= self.map_size:
                     raise StorageFull(f"storage full: too many leases outstanding ({used} bytes "
                                       "of them); ACK messages or let their leases expire")
-                raise StorageFull("storage full: the disk is full")
+                raise StorageFull("storage full: the disk is full (no room for more leases)")
         except BaseException:
             txn.abort()
             raise
         return txn
 
     def _allocate(self, used: int) -> None:
-        """Give the file disk blocks up to ``used + 1.5 * margin`` (caller holds the writer lock,
-        so nobody uses the pages past ``used``; on a filesystem without ``fallocate`` glibc
-        writes zeros there, which is as good)."""
+        """Give the file disk blocks up to ``used + 1.5 * margin`` - or, on a disk too full for
+        that, ``used + margin`` (what a FETCH needs), or at least ``used + margin / 4``.  The
+        caller holds the writer lock, so nobody uses the pages past ``used``; on a filesystem
+        without ``fallocate`` glibc writes zeros there, which is as good."""
         now = time.monotonic()
         if self.full and now < self._retry_at:
             return
         step = self.margin // 2
-        want = min(self.map_size, -(-(used + self.margin + step) // step) * step)
-        try:
-            os.posix_fallocate(self._fd, used, want - used)
-        except OSError as exc:
-            if not is_full_error(exc):
-                raise
-            if not self.full:
-                log.warning("no disk room for the lease store (%s): group FETCH refused until "
-                            "there is", exc.strerror)
-            self.full, self._retry_at = True, now + FULL_RETRY_S
-            return
-        if self.full:
-            log.warning("disk room for the lease store again: group FETCH resumes")
-        self.backed, self.full = want, False
+        targets = (-(-(used + self.margin + step) // step) * step, used + self.margin,
+                   used + self.margin // 4)
+        for want in targets:
+            want = min(self.map_size, want)
+            if want <= self.backed:
+                break
+            try:
+                os.posix_fallocate(self._fd, used, want - used)
+            except OSError as exc:
+                if not is_full_error(exc):
+                    raise
+                continue
+            self.backed = want
+            break
+        full = self.backed < min(self.map_size, targets[1])
+        if full != self.full:
+            log.warning("no disk room for the lease store: group FETCH refused until there is"
+                        if full else "disk room for the lease store again: group FETCH resumes")
+        self.full = full
+        if full:
+            self._retry_at = now + FULL_RETRY_S
 
     @classmethod
     def open_for_run(cls, path: str, run_key: bytes) -> tuple["Volatile", bool]:
@@ -146,11 +159,8 @@ class Volatile:
                     except FileNotFoundError:
                         pass
             vol = cls(path)
-            if fresh:
-                tmp = run_file + ".tmp"
-                with open(tmp, "wb") as f:
-                    f.write(run_key)
-                os.replace(tmp, run_file)
+            if fresh:  # (through a spare file: no new disk blocks, so it works on a full disk)
+                replace_from_spare(run_file, run_key)
             return vol, fresh
 
     def next_batch(self, txn) -> int:

@@ -225,7 +225,8 @@ class Registry:
                 await self._save_index()
             except Exception:  # noqa: BLE001
                 log.exception("saving the vector index at shutdown failed")
-        await self._loop.run_in_executor(None, self.embed.close)
+        if self._loop is not None:  # (None: the broker stopped before the registry started)
+            await self._loop.run_in_executor(None, self.embed.close)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
