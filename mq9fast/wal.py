@@ -550,19 +550,29 @@ def recover(path: str, map_size: int, max_dbs: int) -> dict:
         out["rolled_back"] = True
         records = []
         wdir = wal_dir(path, ck["gen"])
+        # one worker's two files ("<worker>.a", "<worker>.b") in the order it wrote them (epoch):
+        # a record's abort, or the record of the same txnid committed after it, may be in the
+        # other file (the log moved on in between), and the later one wins
+        by_worker: dict[str, list[tuple[int, str]]] = {}
         for name in sorted(os.listdir(wdir)) if os.path.isdir(wdir) else []:
             fd = os.open(os.path.join(wdir, name), os.O_RDONLY)
             try:
                 epoch = _file_epoch(fd)
-                if epoch is None:
-                    continue
-                mine: dict[int, bytes | None] = {}
-                for _off, txnid, flags, body in _records(fd, epoch, os.fstat(fd).st_size):
-                    if txnid > ck["txnid"]:
-                        mine[txnid] = None if flags & FLAG_ABORT else body
-                records.extend((t, b) for t, b in mine.items() if b is not None)
             finally:
                 os.close(fd)
+            if epoch is not None:
+                by_worker.setdefault(name.rpartition(".")[0], []).append((epoch, name))
+        for files in by_worker.values():
+            mine: dict[int, bytes | None] = {}
+            for epoch, name in sorted(files):
+                fd = os.open(os.path.join(wdir, name), os.O_RDONLY)
+                try:
+                    for _off, txnid, flags, body in _records(fd, epoch, os.fstat(fd).st_size):
+                        if txnid > ck["txnid"]:
+                            mine[txnid] = None if flags & FLAG_ABORT else body
+                finally:
+                    os.close(fd)
+            records.extend((t, b) for t, b in mine.items() if b is not None)
         records.sort(key=lambda r: r[0])
         env = lmdb.open(path, map_size=map_size, max_dbs=max_dbs, subdir=True, sync=False,
                         metasync=False, readahead=False)

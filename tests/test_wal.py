@@ -306,3 +306,34 @@ def test_oplog_twins_write_the_same_bytes_and_only_what_lmdb_took(tmp_path, mod)
     with pytest.raises(ValueError):
         log.add(wal.PUT, b"n" * 256, b"k", b"v")
     env.close()
+
+
+async def test_an_abort_in_the_other_log_file_still_cancels_its_record(tmp_path, monkeypatch):
+    """The log moved on to its other file between a record and its abort record (as when the
+    disk is full): the abort still cancels it, and the record of the same txnid committed after
+    it is the one replayed."""
+    path = str(tmp_path / "env")
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "one")
+    store = Store(path, map_size=1 << 28, checkpoint_interval=3600)
+    store.start()
+    db = store.db("t")
+    await store.write(lambda txn: txn.put(b"a", b"1", db=db))
+    store.checkpointer.take()
+    with store.read() as txn:
+        nxt = txn.id() + 1
+    before = store.wal.cur
+    store.wal.append(nxt, ops((wal.PUT, b"t", b"phantom", b"1")))
+    assert store.wal._maybe_switch()  # the other file holds nothing newer than the checkpoint
+    assert store.wal.cur != before
+    store.wal.append(nxt, b"", wal.FLAG_ABORT)
+    await store.write(lambda txn: txn.put(b"b", b"2", db=db))  # commits as txn ``nxt``
+    crash(store)
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "two")
+    again = Store(path, map_size=1 << 28)
+    again.start()
+    try:
+        h = again.db("t")
+        with again.read() as txn:
+            assert {bytes(k) for k, _v in txn.cursor(db=h)} == {b"a", b"b"}
+    finally:
+        again.close()
