@@ -733,7 +733,9 @@ class Store:
 
     def _log_and_commit(self, txn, ops) -> None:
         """--fsync always: the transaction's record is durable in the log before it commits
-        (unsynced); a commit that fails after that gets an abort record."""
+        (unsynced); a commit that fails after that gets an abort record (if the log has no room
+        for it, the next append writes it first: only a power cut before then replays the
+        failed transaction)."""
         if not ops:
             txn.commit()
             return
@@ -746,7 +748,10 @@ class Store:
         try:
             txn.commit()
         except BaseException:
-            self.wal.append(txnid, b"", wal.FLAG_ABORT)
+            try:
+                self.wal.append(txnid, b"", wal.FLAG_ABORT)
+            except OSError:  # no room for it either: it goes first into the next append
+                self.wal.abort_pending = txnid
             raise
 
     def _run_segment(self, txn, seg: Segment, ops) -> list:

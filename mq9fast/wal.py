@@ -258,6 +258,8 @@ class Wal:
         self.seconds = 0.0     # in write + fdatasync
         #: fn(seconds) after every append (the /metrics histogram)
         self.observers: list = []
+        #: txnid whose abort record could not be written (no room): written before the next record
+        self.abort_pending: int | None = None
         # one pass over each file: its epoch, newest txnid and the end of its valid records; the
         # newest file is continued after its last record (its records may still be needed)
         self.max_txnid = [0, 0]   # newest txnid written to each file (0: none / not needed)
@@ -331,6 +333,13 @@ class Wal:
 
     def append(self, txnid: int, body: bytes, flags: int = 0) -> None:
         """Write one record and fdatasync it (writer thread, LMDB writer lock held)."""
+        if self.abort_pending is not None:
+            pending, self.abort_pending = self.abort_pending, None
+            try:
+                self.append(pending, b"", FLAG_ABORT)
+            except BaseException:
+                self.abort_pending = pending
+                raise
         if self.off > self._switch_at:
             self._maybe_switch()
         hdr_tail = struct.pack("<QI", txnid, flags)

@@ -337,3 +337,60 @@ async def test_an_abort_in_the_other_log_file_still_cancels_its_record(tmp_path,
             assert {bytes(k) for k, _v in txn.cursor(db=h)} == {b"a", b"b"}
     finally:
         again.close()
+
+
+async def test_an_abort_record_without_room_is_written_before_the_next_record(tmp_path, monkeypatch):
+    """A commit failed after its record was logged, and the log had no room for the abort
+    record either: the abort goes first into the next append, so a reboot after that does not
+    replay the failed transaction - even when its txnid was then taken by another worker's
+    commit, so that no later record of this log supersedes it."""
+    path = str(tmp_path / "env")
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "one")
+    store = Store(path, map_size=1 << 28, checkpoint_interval=3600)
+    store.start()
+    db = store.db("t")
+    await store.write(lambda txn: txn.put(b"a", b"1", db=db))
+    with store.read() as txn:
+        nxt = txn.id() + 1
+
+    class FailingCommit:  # a write transaction whose commit finds the disk full
+        def id(self) -> int:
+            return nxt
+
+        def commit(self) -> None:
+            raise lmdb.DiskError("mdb_txn_commit: No space left on device")
+
+        def abort(self) -> None:
+            pass
+
+    real_append = store.wal.append
+
+    def append(txnid: int, body: bytes, flags: int = 0) -> None:
+        if flags & wal.FLAG_ABORT and not append.refused:
+            append.refused = True
+            raise OSError(28, "No space left on device")
+        real_append(txnid, body, flags)
+
+    append.refused = False
+    monkeypatch.setattr(store.wal, "append", append)
+    phantom = wal.OpLog()
+    phantom.add(wal.PUT, b"t", b"phantom", b"1")
+    with pytest.raises(lmdb.DiskError):
+        store._log_and_commit(FailingCommit(), phantom)
+    assert store.wal.abort_pending == nxt
+    monkeypatch.setattr(store.wal, "append", real_append)
+    # another worker commits txn ``nxt`` (its record would be in its own log, not this one)
+    with store.env.begin(write=True) as txn:
+        txn.put(b"other", b"x", db=db)
+    await store.write(lambda txn: txn.put(b"b", b"2", db=db))  # txn ``nxt + 1`` here
+    assert store.wal.abort_pending is None
+    crash(store)
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "two")
+    again = Store(path, map_size=1 << 28)
+    again.start()
+    try:
+        h = again.db("t")
+        with again.read() as txn:
+            assert {bytes(k) for k, _v in txn.cursor(db=h)} == {b"a", b"b"}
+    finally:
+        again.close()
