@@ -369,3 +369,51 @@ async def test_a_broker_killed_on_a_full_disk_starts_again_on_it(tmp_path, small
     finally:
         await nc.close()
         b.stop()
+
+
+async def test_the_vector_index_is_saved_once_the_full_disk_has_room_again(tmp_path, small_disk, workers):
+    """UNREGISTER on a disk another program filled: saving the vector index file fails, leaves
+    no half-written file behind, and is tried again until it succeeds once there is room."""
+    from conftest import BrokerProcess
+
+    data = small_disk / "data"
+    b = BrokerProcess(data, {"workers": workers})
+    b.start()
+    nc = await nats.connect(b.url)
+    index = data / "registry.usearch"
+    filler = small_disk / "filler"
+    try:
+        for i in range(20):
+            r = await req(nc, "$mq9.AI.AGENT.REGISTER",
+                          {"name": f"agent{i}", "mailbox": f"m{i}", "description": f"translates text {i}"})
+            assert r["error"] == "", r
+        deadline = time.monotonic() + 20
+        while not index.exists():
+            assert time.monotonic() < deadline, "the index file was never saved"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)
+        saved = index.stat().st_mtime_ns
+        with open(filler, "wb") as fh:
+            while True:
+                try:
+                    fh.write(bytes(1 << 20))
+                    fh.flush()
+                except OSError:
+                    break
+            fh.truncate(fh.tell())
+        for i in range(10):
+            assert (await req(nc, "$mq9.AI.AGENT.UNREGISTER", {"name": f"agent{i}"}))["error"] == ""
+        await asyncio.sleep(2.5)  # the save (1 s after the change) has failed by now
+        assert b.proc.poll() is None
+        assert index.stat().st_mtime_ns == saved
+        assert not [p.name for p in data.iterdir() if ".tmp" in p.name]
+        filler.unlink()
+        deadline = time.monotonic() + 20
+        while index.stat().st_mtime_ns == saved:
+            assert time.monotonic() < deadline, "the index was not saved again once there was room"
+            await asyncio.sleep(0.2)
+        r = await req(nc, "$mq9.AI.AGENT.DISCOVER", {"semantic": "translate text", "limit": 100})
+        assert sorted(a["name"] for a in r["agents"]) == sorted(f"agent{i}" for i in range(10, 20))
+    finally:
+        await nc.close()
+        b.stop()

@@ -16,8 +16,8 @@ from ..control import Mq9Error
 from . import records as R
 from .embed import EmbedService
 from .text import TextIndex, embed_sources, embed_texts, tokens
-from .vectors import (BRUTE_MAX, INDEX_FILE, SAVE_DELAY, VectorIndex, meta_dumps, meta_loads,
-                      open_index_file)
+from .vectors import (BRUTE_MAX, INDEX_FILE, SAVE_DELAY, SAVE_RETRY, VectorIndex, meta_dumps,
+                      meta_loads, open_index_file)
 
 log = logging.getLogger("mq9fast.registry")
 
@@ -373,7 +373,13 @@ class Registry:
 
     async def _save_index(self) -> None:
         vec = self.vec
-        meta = await vec.save(self.index_path)
+        try:
+            meta = await vec.save(self.index_path)
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the file stays as it was
+            log.warning("saving the vector index failed (%s); retrying in %.0f s", exc, SAVE_RETRY)
+            vec.dirty = True
+            self._schedule_save(SAVE_RETRY)
+            return
 
         def publish(txn) -> int:
             old = meta_loads(txn.get(R.META_INDEX, db=self.db_meta)) or {}

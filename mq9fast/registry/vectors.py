@@ -72,6 +72,8 @@ VIEW_MAX_DELTA = 4096
 #: weight of the best-matching part in a card's score (see ``text.embed_texts``)
 PART_WEIGHT = 0.5
 SAVE_DELAY = 1.0
+#: seconds before a failed save (e.g. a full disk) is tried again
+SAVE_RETRY = 5.0
 INDEX_FILE = "registry.usearch"
 
 
@@ -113,11 +115,18 @@ def _new_usearch(dim: int):
 def write_index_file(index, path: str) -> tuple[int, int]:
     """Save ``index`` atomically to ``path``; returns (size, crc32) of the new file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    index.save(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    size, crc = file_crc(tmp)
-    os.replace(tmp, path)
+    try:
+        index.save(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        size, crc = file_crc(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:  # (e.g. a full disk: leave no half-written file behind)
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     try:
         fsync_dir(path)
     except OSError:
