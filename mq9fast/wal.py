@@ -331,6 +331,11 @@ class Wal:
             pos += os.pwrite(fd, zeros[: min(len(zeros), to - pos)], pos)
         self.size = pos
 
+    def _header(self, txnid: int, body: bytes, flags: int) -> bytes:
+        """A record's header for the current file (its CRC is seeded with the file's epoch)."""
+        crc = zlib.crc32(body, zlib.crc32(struct.pack("<QI", txnid, flags), self._seed))
+        return REC.pack(REC_MAGIC, len(body), txnid, flags, crc)
+
     def append(self, txnid: int, body: bytes, flags: int = 0) -> None:
         """Write one record and fdatasync it (writer thread, LMDB writer lock held)."""
         if self.abort_pending is not None:
@@ -342,9 +347,7 @@ class Wal:
                 raise
         if self.off > self._switch_at:
             self._maybe_switch()
-        hdr_tail = struct.pack("<QI", txnid, flags)
-        crc = zlib.crc32(body, zlib.crc32(hdr_tail, self._seed))
-        rec = REC.pack(REC_MAGIC, len(body), txnid, flags, crc)
+        rec = self._header(txnid, body, flags)
         fd = self.fds[self.cur]
         end = self.off + len(rec) + len(body)
         if end > self.size:
@@ -359,6 +362,7 @@ class Wal:
                 need = len(rec) + len(body)
                 if (os.fstat(self.fds[1 - self.cur]).st_size >= HEAD_BYTES + need
                         and self._maybe_switch()):
+                    rec = self._header(txnid, body, flags)  # (the new epoch seeds the CRC)
                     fd, end = self.fds[self.cur], self.off + need
                 else:
                     self._extend(fd, -(-end // ALIGN) * ALIGN)

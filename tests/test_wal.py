@@ -394,3 +394,26 @@ async def test_an_abort_record_without_room_is_written_before_the_next_record(tm
             assert {bytes(k) for k, _v in txn.cursor(db=h)} == {b"a", b"b"}
     finally:
         again.close()
+
+
+async def test_a_full_disk_moves_the_log_on_to_its_other_file(tmp_path, monkeypatch):
+    """The current file cannot grow (ENOSPC): the record goes to the other file, which every
+    record is checkpointed out of, and is read back from there."""
+    ck = tmp_path / wal.CHECKPOINT_FILE
+    w = wal.Wal(str(tmp_path), 1, 0)
+    big = ops((wal.PUT, b"", b"k", b"v" * 3000))
+    assert os.path.getsize(w.paths[1]) >= wal.HEAD_BYTES + wal.CHUNK_MIN  # pre-sized at start
+
+    def no_room(fd: int, to: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(w, "_extend", no_room)
+    txn = 0
+    while w.cur == 0:
+        txn += 1
+        if w.off + 3100 > w.size:  # the next record does not fit: let the log move on
+            wal._write_checkpoint(str(ck), txn - 1, 4096, bytes(8192), 1)
+        w.append(txn, big)
+    w.close()
+    assert [t for t, _f, _b in records_of(w.paths[0])] == list(range(1, txn))
+    assert [t for t, _f, _b in records_of(w.paths[1])] == [txn]
