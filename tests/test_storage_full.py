@@ -417,3 +417,58 @@ async def test_the_vector_index_is_saved_once_the_full_disk_has_room_again(tmp_p
     finally:
         await nc.close()
         b.stop()
+
+
+async def test_a_reboot_after_writes_on_a_full_disk_replays_them(tmp_path, small_disk, workers):
+    """ACKs, DELETEs and large REPORTs acknowledged while another program held the rest of the
+    disk (the log moving between its two files for want of room), then kill -9 and a restart
+    under another boot id (the recovery path of a power cut: roll back to the checkpoint, replay
+    the log): every acknowledged write is there."""
+    from conftest import BrokerProcess
+
+    b = BrokerProcess(small_disk / "data", {"workers": workers}, env={"MQ9FAST_BOOT_ID": "boot-1"})
+    b.start()
+    nc = await nats.connect(b.url)
+    fetch = {"group_name": "g", "deliver": "earliest", "config": {"num_msgs": 2, "max_wait_ms": 0}}
+    try:
+        assert (await req(nc, "$mq9.AI.MAILBOX.CREATE", {"name": "pc.box", "ttl": 0}))["error"] == ""
+        assert (await req(nc, "$mq9.AI.AGENT.REGISTER", {"name": "agent0", "mailbox": "m0"}))["error"] == ""
+        replies = await asyncio.gather(*(req(nc, "$mq9.AI.MSG.SEND.pc.box", BODY[:300])
+                                         for _ in range(400)))
+        assert [r["msg_id"] for r in replies] == list(range(400))
+        await asyncio.sleep(1.5)
+        with open(small_disk / "filler", "wb") as fh:
+            while True:
+                try:
+                    fh.write(bytes(1 << 20))
+                    fh.flush()
+                except OSError:
+                    break
+            fh.truncate(fh.tell())
+        acked = -1
+        for i in range(120):
+            r = await req(nc, "$mq9.AI.MSG.FETCH.pc.box", fetch)
+            assert r["error"] == "", (i, r)
+            last = r["messages"][-1]["msg_id"]
+            r = await req(nc, "$mq9.AI.MSG.ACK.pc.box",
+                          {"group_name": "g", "mail_address": "pc.box", "msg_id": last})
+            assert r["error"] == "", (i, r)
+            acked = last
+            assert await req(nc, f"$mq9.AI.MSG.DELETE.pc.box.{399 - i}") == {"error": "", "deleted": True}
+            r = await req(nc, "$mq9.AI.AGENT.REPORT", {"name": "agent0", "status": f"{i}:" + "x" * 20000})
+            assert r["error"] == "", (i, r)
+    finally:
+        await nc.close()
+    b.kill()
+    b.env["MQ9FAST_BOOT_ID"] = "boot-2"
+    (small_disk / "filler").unlink()  # (room for the restart's new log files)
+    b.start()
+    nc = await nats.connect(b.url)
+    try:
+        r = await req(nc, "$mq9.AI.MSG.FETCH.pc.box", {**fetch, "config": {"num_msgs": 1000}})
+        assert [m["msg_id"] for m in r["messages"]] == list(range(acked + 1, 400 - 120)), r.get("error")
+        r = await req(nc, "$mq9.AI.AGENT.DISCOVER", {"text": "agent0"})
+        assert r["agents"][0]["last_report"]["status"].startswith("119:"), r["agents"][0]["last_report"]
+    finally:
+        await nc.close()
+        b.stop()
