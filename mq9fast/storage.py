@@ -102,10 +102,11 @@ short write - answer ``storage full`` too.
 Another program may take the rest of the disk, reserve included.  The writes that make room
 then still find blocks of the store's own: ``AHEAD_BYTES`` kept allocated past the end of
 LMDB's pages once the disk's free space is within 8 reserves + 1 GiB (``_reserve_ahead``,
-``fallocate`` without changing the file's size; they count as room), a checkpoint written into a spare file that is swapped into place
-(``files.replace_from_spare``), and the log's two files taking turns (``wal.Wal.append``).  A
-commit that finds no blocks anyway is retried after a checkpoint, as for a full map: the pages
-freed since the last checkpoint are then reused instead of new ones.
+``fallocate`` without changing the file's size; they count as room), a checkpoint written into
+a spare file that is swapped into place (``files.replace_from_spare``), and the log's two
+files taking turns (``wal.Wal.append``).  A commit that finds no blocks anyway is retried after
+a checkpoint, as for a full map: the pages freed since the last checkpoint are then reused
+instead of new ones.
 
 Each worker pins the snapshot of its own last checkpoint.  A worker whose snapshot is older than
 the checkpoint file's (another worker checkpointed since) lets it go (``_unpin_if_superseded``):
@@ -533,7 +534,7 @@ class Store:
         env = self.env
         results: list = []
         ops = wal.OpLog() if self.logged else None
-        if self.full:  # look again first: room may have come back (files deleted) since the last commit
+        if self.full:  # look again first: room may have come back (files deleted) since
             try:
                 self._check_room()
             except Exception:  # noqa: BLE001
@@ -654,9 +655,10 @@ class Store:
         new data is refused (``full``) as soon as the file grows into the reserve, and let in
         again once LMDB's free list (pages that deletes and expiry gave back, which LMDB reuses
         before growing the file) holds twice the reserve (so that the pages each commit copies,
-        which the next checkpoint frees, cannot by themselves keep letting new data in).  Other workers' readers may pin
-        some of those pages for a while, so that figure can be optimistic: a batch let in too
-        early grows the file again, which turns ``full`` back on at once."""
+        which the next checkpoint frees, cannot by themselves keep letting new data in).  Other
+        workers' readers may pin some of those pages for a while, so that figure can be
+        optimistic: a batch let in too early grows the file again, which turns ``full`` back on
+        at once.  Also called before a batch while ``full`` (room may have come back)."""
         info = self.env.info()
         end = (info["last_pgno"] + 1) * self._psize
         now = time.monotonic()
