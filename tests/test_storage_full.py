@@ -125,6 +125,18 @@ async def test_an_idle_worker_does_not_keep_freed_pages_from_reuse(tmp_path):
     assert sizes[-1] < 3 * sizes[0], sizes
 
 
+def fill_disk(filler) -> None:
+    """Another program takes every byte left on the disk (writing ``filler`` until ENOSPC)."""
+    with open(filler, "wb") as fh:
+        while True:
+            try:
+                fh.write(bytes(1 << 20))
+                fh.flush()
+            except OSError:
+                break
+        fh.truncate(fh.tell())
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 48 MiB tmpfs to put a broker's data directory on (needs the right to mount)."""
@@ -205,15 +217,7 @@ async def test_group_fetch_on_a_disk_filled_by_another_program(tmp_path, small_d
             r = await fetch(g, 1)
             assert r["error"] == "", r
             seen[g] += [m["msg_id"] for m in r["messages"]]
-        # another program takes every byte left
-        with open(filler, "wb") as fh:
-            chunk = bytes(1 << 20)
-            while True:
-                try:
-                    fh.write(chunk)
-                    fh.flush()
-                except OSError:
-                    break
+        fill_disk(filler)
         refused = 0
         for _ in range(count // 100 + 1):
             for g in range(groups):
@@ -268,14 +272,7 @@ async def test_a_disk_filled_by_another_program_still_takes_the_writes_that_make
                                          for _ in range(400)))
         assert [r["msg_id"] for r in replies] == list(range(400))
         await asyncio.sleep(1.5)  # a checkpoint or two
-        with open(filler, "wb") as fh:
-            while True:
-                try:
-                    fh.write(bytes(1 << 20))
-                    fh.flush()
-                except OSError:
-                    break
-            fh.truncate(fh.tell())
+        fill_disk(filler)
         assert os.statvfs(small_disk).f_bavail < 64, "the disk is not full"
         extra: list[int] = []  # new data fits while LMDB has free pages; then it is refused
         while True:
@@ -344,14 +341,7 @@ async def test_a_broker_killed_on_a_full_disk_starts_again_on_it(tmp_path, small
         replies = await asyncio.gather(*(req(nc, "$mq9.AI.MSG.SEND.k.box", BODY[:300])
                                          for _ in range(300)))
         assert [r["msg_id"] for r in replies] == list(range(300))
-        with open(small_disk / "filler", "wb") as fh:
-            while True:
-                try:
-                    fh.write(bytes(1 << 20))
-                    fh.flush()
-                except OSError:
-                    break
-            fh.truncate(fh.tell())
+        fill_disk(small_disk / "filler")
         assert os.statvfs(small_disk).f_bavail < 64, "the disk is not full"
     finally:
         await nc.close()
@@ -393,14 +383,7 @@ async def test_the_vector_index_is_saved_once_the_full_disk_has_room_again(tmp_p
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.5)
         saved = index.stat().st_mtime_ns
-        with open(filler, "wb") as fh:
-            while True:
-                try:
-                    fh.write(bytes(1 << 20))
-                    fh.flush()
-                except OSError:
-                    break
-            fh.truncate(fh.tell())
+        fill_disk(filler)
         for i in range(10):
             assert (await req(nc, "$mq9.AI.AGENT.UNREGISTER", {"name": f"agent{i}"}))["error"] == ""
         await asyncio.sleep(2.5)  # the save (1 s after the change) has failed by now
@@ -437,14 +420,7 @@ async def test_a_reboot_after_writes_on_a_full_disk_replays_them(tmp_path, small
                                          for _ in range(400)))
         assert [r["msg_id"] for r in replies] == list(range(400))
         await asyncio.sleep(1.5)
-        with open(small_disk / "filler", "wb") as fh:
-            while True:
-                try:
-                    fh.write(bytes(1 << 20))
-                    fh.flush()
-                except OSError:
-                    break
-            fh.truncate(fh.tell())
+        fill_disk(small_disk / "filler")
         acked = -1
         for i in range(120):
             r = await req(nc, "$mq9.AI.MSG.FETCH.pc.box", fetch)

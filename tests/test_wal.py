@@ -152,6 +152,34 @@ async def test_a_reused_file_never_yields_records_of_its_previous_use(tmp_path, 
     assert [t for t, _f, _b in records_of(w.paths[1])] == [5, 6, 7, 8]
 
 
+async def store_with_a(tmp_path, monkeypatch) -> tuple[Store, str, object, int]:
+    """A logged store (boot "one") holding key "a" in database "t"; -> (store, its path, the
+    database, the txnid its next commit gets)."""
+    path = str(tmp_path / "env")
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "one")
+    store = Store(path, map_size=1 << 28, checkpoint_interval=3600)
+    store.start()
+    db = store.db("t")
+    await store.write(lambda txn: txn.put(b"a", b"1", db=db))
+    with store.read() as txn:
+        return store, path, db, txn.id() + 1
+
+
+def keys_after_reboot(store: Store, path: str, monkeypatch) -> set[bytes]:
+    """kill -9 of ``store``, then a start under another boot id (recovery from the log); ->
+    the keys of its database "t"."""
+    crash(store)
+    monkeypatch.setenv("MQ9FAST_BOOT_ID", "two")
+    again = Store(path, map_size=1 << 28)
+    again.start()
+    try:
+        h = again.db("t")
+        with again.read() as txn:
+            return {bytes(k) for k, _v in txn.cursor(db=h)}
+    finally:
+        again.close()
+
+
 def crash(store: Store) -> None:
     """Stop a store the way kill -9 would: no checkpoint, commits left in the page cache only."""
     store._closed = True
@@ -226,28 +254,12 @@ async def test_store_replays_the_log_after_a_reboot(tmp_path, monkeypatch, seed)
 
 
 async def test_an_aborted_commit_is_not_replayed(tmp_path, monkeypatch):
-    path = str(tmp_path / "env")
-    monkeypatch.setenv("MQ9FAST_BOOT_ID", "one")
-    store = Store(path, map_size=1 << 28, checkpoint_interval=3600)
-    store.start()
-    db = store.db("t")
-    await store.write(lambda txn: txn.put(b"a", b"1", db=db))
-    with store.read() as txn:
-        nxt = txn.id() + 1
+    store, path, db, nxt = await store_with_a(tmp_path, monkeypatch)
     # the record of a transaction whose commit then failed, followed by its abort record
     store.wal.append(nxt, ops((wal.PUT, b"t", b"phantom", b"1")))
     store.wal.append(nxt, b"", wal.FLAG_ABORT)
     await store.write(lambda txn: txn.put(b"b", b"2", db=db))
-    crash(store)
-    monkeypatch.setenv("MQ9FAST_BOOT_ID", "two")
-    again = Store(path, map_size=1 << 28)
-    again.start()
-    try:
-        h = again.db("t")
-        with again.read() as txn:
-            assert {bytes(k) for k, _v in txn.cursor(db=h)} == {b"a", b"b"}
-    finally:
-        again.close()
+    assert keys_after_reboot(store, path, monkeypatch) == {b"a", b"b"}
 
 
 async def test_switching_policy_replays_first_then_drops_the_log(tmp_path, monkeypatch):
@@ -312,31 +324,15 @@ async def test_an_abort_in_the_other_log_file_still_cancels_its_record(tmp_path,
     """The log moved on to its other file between a record and its abort record (as when the
     disk is full): the abort still cancels it, and the record of the same txnid committed after
     it is the one replayed."""
-    path = str(tmp_path / "env")
-    monkeypatch.setenv("MQ9FAST_BOOT_ID", "one")
-    store = Store(path, map_size=1 << 28, checkpoint_interval=3600)
-    store.start()
-    db = store.db("t")
-    await store.write(lambda txn: txn.put(b"a", b"1", db=db))
+    store, path, db, nxt = await store_with_a(tmp_path, monkeypatch)
     store.checkpointer.take()
-    with store.read() as txn:
-        nxt = txn.id() + 1
     before = store.wal.cur
     store.wal.append(nxt, ops((wal.PUT, b"t", b"phantom", b"1")))
     assert store.wal._maybe_switch()  # the other file holds nothing newer than the checkpoint
     assert store.wal.cur != before
     store.wal.append(nxt, b"", wal.FLAG_ABORT)
     await store.write(lambda txn: txn.put(b"b", b"2", db=db))  # commits as txn ``nxt``
-    crash(store)
-    monkeypatch.setenv("MQ9FAST_BOOT_ID", "two")
-    again = Store(path, map_size=1 << 28)
-    again.start()
-    try:
-        h = again.db("t")
-        with again.read() as txn:
-            assert {bytes(k) for k, _v in txn.cursor(db=h)} == {b"a", b"b"}
-    finally:
-        again.close()
+    assert keys_after_reboot(store, path, monkeypatch) == {b"a", b"b"}
 
 
 async def test_an_abort_record_without_room_is_written_before_the_next_record(tmp_path, monkeypatch):
@@ -344,14 +340,7 @@ async def test_an_abort_record_without_room_is_written_before_the_next_record(tm
     record either: the abort goes first into the next append, so a reboot after that does not
     replay the failed transaction - even when its txnid was then taken by another worker's
     commit, so that no later record of this log supersedes it."""
-    path = str(tmp_path / "env")
-    monkeypatch.setenv("MQ9FAST_BOOT_ID", "one")
-    store = Store(path, map_size=1 << 28, checkpoint_interval=3600)
-    store.start()
-    db = store.db("t")
-    await store.write(lambda txn: txn.put(b"a", b"1", db=db))
-    with store.read() as txn:
-        nxt = txn.id() + 1
+    store, path, db, nxt = await store_with_a(tmp_path, monkeypatch)
 
     class FailingCommit:  # a write transaction whose commit finds the disk full
         def id(self) -> int:
@@ -384,16 +373,7 @@ async def test_an_abort_record_without_room_is_written_before_the_next_record(tm
         txn.put(b"other", b"x", db=db)
     await store.write(lambda txn: txn.put(b"b", b"2", db=db))  # txn ``nxt + 1`` here
     assert store.wal.abort_pending is None
-    crash(store)
-    monkeypatch.setenv("MQ9FAST_BOOT_ID", "two")
-    again = Store(path, map_size=1 << 28)
-    again.start()
-    try:
-        h = again.db("t")
-        with again.read() as txn:
-            assert {bytes(k) for k, _v in txn.cursor(db=h)} == {b"a", b"b"}
-    finally:
-        again.close()
+    assert keys_after_reboot(store, path, monkeypatch) == {b"a", b"b"}
 
 
 async def test_a_full_disk_moves_the_log_on_to_its_other_file(tmp_path, monkeypatch):
