@@ -381,9 +381,9 @@ async def test_the_vector_index_is_saved_once_the_full_disk_has_room_again(tmp_p
         while not index.exists():
             assert time.monotonic() < deadline, "the index file was never saved"
             await asyncio.sleep(0.1)
-        await asyncio.sleep(1.5)
-        saved = index.stat().st_mtime_ns
         fill_disk(filler)
+        await asyncio.sleep(1.5)  # (a save still under way has finished or failed by now)
+        saved = index.stat().st_mtime_ns
         for i in range(10):
             assert (await req(nc, "$mq9.AI.AGENT.UNREGISTER", {"name": f"agent{i}"}))["error"] == ""
         await asyncio.sleep(2.5)  # the save (1 s after the change) has failed by now
