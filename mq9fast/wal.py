@@ -350,22 +350,24 @@ class Wal:
         rec = self._header(txnid, body, flags)
         fd = self.fds[self.cur]
         end = self.off + len(rec) + len(body)
-        if end > self.size:
+        # a record leaves room for an abort record after it, so that the abort of a commit that
+        # fails never needs the disk to have room
+        need = len(rec) + len(body) + (0 if flags & FLAG_ABORT else REC.size)
+        if self.off + need > self.size:
             try:
-                self._extend(fd, end + self.next_extension())
+                self._extend(fd, self.off + need + self.next_extension())
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
                 # the disk is (nearly) full: go on in the other file if it is long enough and all
                 # its records are checkpointed (its blocks are ours: the two files take turns
                 # with no new room), else grow by just what this record needs, if there is that
-                need = len(rec) + len(body)
                 if (os.fstat(self.fds[1 - self.cur]).st_size >= HEAD_BYTES + need
                         and self._maybe_switch()):
                     rec = self._header(txnid, body, flags)  # (the new epoch seeds the CRC)
-                    fd, end = self.fds[self.cur], self.off + need
+                    fd, end = self.fds[self.cur], self.off + len(rec) + len(body)
                 else:
-                    self._extend(fd, -(-end // ALIGN) * ALIGN)
+                    self._extend(fd, -(-(self.off + need) // ALIGN) * ALIGN)
         t0 = time.perf_counter()
         dfd = self.dfds[self.cur]
         if dfd is None or not self._write_direct(dfd, rec, body, end):

@@ -397,3 +397,22 @@ async def test_a_full_disk_moves_the_log_on_to_its_other_file(tmp_path, monkeypa
     w.close()
     assert [t for t, _f, _b in records_of(w.paths[0])] == list(range(1, txn))
     assert [t for t, _f, _b in records_of(w.paths[1])] == [txn]
+
+
+async def test_every_record_leaves_room_for_its_abort_record(tmp_path, monkeypatch):
+    """On a disk with no room left, a record that would fill its file to the last byte is
+    refused, so that the abort record of an accepted one always fits without new room."""
+    w = wal.Wal(str(tmp_path), 1, 0)
+
+    def no_room(fd: int, to: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(w, "_extend", no_room)
+    monkeypatch.setattr(w, "_maybe_switch", lambda: False)  # nothing checkpointed: no other file
+    w.append(1, ops((wal.PUT, b"", b"k", b"v")))
+    exact = w.size - w.off - wal.REC.size  # a body that would end the file exactly
+    with pytest.raises(OSError):
+        w.append(2, b"x" * exact)
+    w.append(1, b"", wal.FLAG_ABORT)  # fits: the room was kept
+    w.close()
+    assert [(t, f) for t, f, _b in records_of(w.paths[0])] == [(1, 0), (1, wal.FLAG_ABORT)]
