@@ -241,6 +241,15 @@ def wal_dir(path: str, gen: int) -> str:
     return os.path.join(path, WAL_DIR, str(gen))
 
 
+def _zero_fill(fd: int, pos: int, to: int) -> int:
+    """Write zeros from ``pos`` up to ``to`` (files grow in chunks of zeros written ahead);
+    returns the end reached (``OSError`` part-way, e.g. ENOSPC)."""
+    zeros = bytes(min(1 << 20, max(0, to - pos)))
+    while pos < to:
+        pos += os.pwrite(fd, zeros[: to - pos], pos)
+    return pos
+
+
 class Wal:
     """One worker's log: two files used in turn, appended to and fdatasynced by the writer thread."""
 
@@ -290,11 +299,8 @@ class Wal:
         """Give file ``i`` (not the current one) its first chunk of zeros now, while there is
         room: when the disk fills up, ``append`` can go on in it (see there)."""
         fd = self.fds[i]
-        pos, to = os.fstat(fd).st_size, HEAD_BYTES + CHUNK_MIN
-        zeros = bytes(to - pos) if pos < to else b""
-        try:
-            while pos < to:  # (past its records, if it has any: they are left alone)
-                pos += os.pwrite(fd, zeros[: to - pos], pos)
+        try:  # (past its records, if it has any: they are left alone)
+            _zero_fill(fd, os.fstat(fd).st_size, HEAD_BYTES + CHUNK_MIN)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
@@ -325,11 +331,7 @@ class Wal:
         return max(CHUNK_MIN, min(CHUNK_MAX, self.size // 2))
 
     def _extend(self, fd: int, to: int) -> None:
-        zeros = bytes(1 << 20)
-        pos = self.size
-        while pos < to:
-            pos += os.pwrite(fd, zeros[: min(len(zeros), to - pos)], pos)
-        self.size = pos
+        self.size = _zero_fill(fd, self.size, to)
 
     def _header(self, txnid: int, body: bytes, flags: int) -> bytes:
         """A record's header for the current file (its CRC is seeded with the file's epoch)."""
