@@ -18,6 +18,9 @@ FETCH_BAD = [
     b'{"config":{"max_wait_ms":-1}}', b'{"config":{"max_wait_ms":1e3}}',
     b'{"config":{"ack_wait_ms":-5}}',
     b'{"payload_encoding":"utf8"}',
+    # JSON a strict client could not read back, or Python could not take (jsonbody.py)
+    b'{"group_name":"g","x":NaN}', b'{"config":{"max_wait_ms":Infinity}}', b'{"x":1e400}',
+    b'{"group_name":"\\ud800"}', b'{"x":' + b"[" * 5000 + b"]" * 5000 + b"}",
 ]
 
 

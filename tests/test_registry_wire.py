@@ -130,6 +130,24 @@ async def test_entry_keys_override_body_keys(client):
     assert json.loads(e["agent_info"]) == body
 
 
+async def test_listing_keeps_the_cards_own_search_keys(client):
+    # PROTOCOL.md §7.4: the registry sets agent_id / description / score in search modes only;
+    # list-all returns the card's own values
+    body = {"name": "shape.own.keys", "mailbox": "shape.own.keys.inbox",
+            "description": {"en": "Tunes carillons", "de": "Stimmt Glockenspiele"},
+            "agent_id": "acme-42", "score": 4.5, "skills": [{"name": "tune carillon bells"}]}
+    await ok(client, "REGISTER", body)
+    listed = by_name(await ok(client, "DISCOVER", {"limit": 1000}), "shape.own.keys")
+    assert listed["description"] == body["description"]
+    assert listed["agent_id"] == "acme-42"
+    assert listed["score"] == 4.5
+    assert listed["mailbox"] == body["mailbox"]
+    found = by_name(await ok(client, "DISCOVER", {"text": "carillon"}), "shape.own.keys")
+    assert found["agent_id"] == "default/shape.own.keys"
+    assert found["description"] == ""  # not a string, and no string payload
+    assert isinstance(found["score"], float) and found["score"] != 4.5
+
+
 # --------------------------------------------------------------------------------------------
 # upsert, unregister, report
 # --------------------------------------------------------------------------------------------
@@ -235,10 +253,11 @@ async def test_discover_modes_and_precedence(client):
     assert semantic["agents"][0]["name"] == "mode.wine"
     scores = [e["score"] for e in semantic["agents"]]
     assert scores == sorted(scores, reverse=True)
-    # list-all: sorted by name, no score
+    # list-all: sorted by name, no score (but a card's own, for the cards registered with one)
     all_names = [e["name"] for e in listed["agents"]]
     assert all_names == sorted(all_names)
-    assert all("score" not in e for e in listed["agents"])
+    own_score = {"shape.override", "shape.own.keys"}
+    assert all("score" not in e for e in listed["agents"] if e["name"] not in own_score)
     # empty body and empty strings = list all
     assert (await ok(client, "DISCOVER", b""))["agents"][:3] == listed["agents"][:3]
     assert (await names(client, {"text": "", "semantic": "", "limit": 1000})) == all_names
@@ -306,6 +325,34 @@ async def test_register_is_visible_to_the_next_discover(client):
     assert set(sem) == {f"burst.{i}" for i in range(20)}
 
 
+async def test_pipelined_writes_take_effect_in_the_order_sent(client):
+    # a REGISTER waits for its embedding before it is stored; what the client sent after it
+    # on the same connection must still land after it
+    subj = "$mq9.AI.AGENT."
+    long_card = {"name": "order.c", "payload": "version A " + " ".join(
+        f"sentence {i} about restoring pipe organs and their bellows." for i in range(200)),
+        "skills": [{"name": f"organ skill {i}", "description": f"voicing organ pipes, rank {i}"}
+                   for i in range(20)]}
+    for _ in range(3):
+        await client.publish(subj + "REGISTER", json.dumps(
+            {"name": "order.a", "payload": "Restores pipe organs"}).encode())
+        await client.publish(subj + "UNREGISTER", json.dumps({"name": "order.a"}).encode())
+        await client.publish(subj + "REGISTER", json.dumps(
+            {"name": "order.b", "payload": "Restores pipe organs"}).encode())
+        await client.publish(subj + "REPORT", json.dumps(
+            {"name": "order.b", "status": "ready"}).encode())
+        await client.publish(subj + "REGISTER", json.dumps(long_card).encode())
+        await client.publish(subj + "REGISTER", json.dumps(
+            {"name": "order.c", "payload": "version B"}).encode())
+        # a DISCOVER on this connection waits for those writes (server.py), so it sees them all
+        listed = {e["name"]: e for e in (await ok(client, "DISCOVER", {"limit": 1000}))["agents"]}
+        assert "order.a" not in listed
+        assert listed["order.b"]["last_report"] == {"name": "order.b", "status": "ready"}
+        assert listed["order.c"]["payload"] == "version B"
+        for name in ("order.b", "order.c"):
+            await ok(client, "UNREGISTER", {"name": name})
+
+
 # --------------------------------------------------------------------------------------------
 # bad input: exact texts, connection still usable
 # --------------------------------------------------------------------------------------------
@@ -340,6 +387,26 @@ BAD = [
     ("DISCOVER", b'{"limit":"5"}', "invalid AGENT.DISCOVER payload: `limit` must be a non-negative"),
     ("DISCOVER", b'{"page":1.5}', "invalid AGENT.DISCOVER payload: `page` must be a non-negative"),
     ("DISCOVER", b'{"limit":true}', "invalid AGENT.DISCOVER payload: `limit` must be a non-negative"),
+    # JSON a strict client could not read back in a DISCOVER reply (jsonbody.py)
+    ("REGISTER", b'{"name":"bad.nan","payload":"x","v":NaN}',
+     "invalid AGENT.REGISTER payload: NaN is not a JSON value"),
+    ("REGISTER", b'{"name":"bad.inf","payload":"x","v":-Infinity}',
+     "invalid AGENT.REGISTER payload: -Infinity is not a JSON value"),
+    ("REGISTER", b'{"name":"bad.big","payload":"x","v":1e400}',
+     "invalid AGENT.REGISTER payload: number 1e400 is out of range"),
+    ("REPORT", b'{"name":"bad.big","load":-1e999}',
+     "invalid AGENT.REPORT payload: number -1e999 is out of range"),
+    # a lone UTF-16 surrogate: valid JSON, no UTF-8 for it
+    ("REGISTER", b'{"name":"bad.sur","payload":"\\ud800 x"}',
+     "invalid AGENT.REGISTER payload: a string holds a lone UTF-16 surrogate (\\ud800)"),
+    ("REPORT", b'{"name":"bad.sur","status":"\\udfff"}',
+     "invalid AGENT.REPORT payload: a string holds a lone UTF-16 surrogate (\\udfff)"),
+    ("DISCOVER", b'{"semantic":"\\udbff weather"}',
+     "invalid AGENT.DISCOVER payload: a string holds a lone UTF-16 surrogate (\\udbff)"),
+    # nesting deeper than the parser's recursion
+    *((cmd, b'{"name":"bad.deep","x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+       f"invalid AGENT.{cmd} payload: nested too deeply")
+      for cmd in ("REGISTER", "UNREGISTER", "REPORT", "DISCOVER")),
 ]
 
 
@@ -355,5 +422,7 @@ async def test_bad_input(client, cmd, body, text):
     # nothing stored half-way; the connection is still usable
     assert (await req(client, "DISCOVER", {"limit": 1}))["error"] == ""
     if cmd == "REGISTER":
-        assert "bad.info" not in await names(client, {"limit": 1000})
-        assert "bad.mb" not in await names(client, {"limit": 1000})
+        listed = await names(client, {"limit": 1000})
+        for name in ("bad.info", "bad.mb", "bad.nan", "bad.inf", "bad.big", "bad.sur",
+                     "bad.deep"):
+            assert name not in listed

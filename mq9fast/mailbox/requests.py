@@ -5,9 +5,9 @@ before a request has passed these checks.
 """
 from __future__ import annotations
 
-import json
 import re
 
+from .. import jsonbody
 from ..control import Mq9Error
 from .layout import LANE_BY_NAME, NORMAL, SAFE_MAX, U32_MAX, U64_MAX
 
@@ -34,8 +34,8 @@ def parse_object(payload, prefix: str) -> dict:
     if not payload:
         return {}
     try:
-        obj = json.loads(bytes(payload))
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = jsonbody.loads(bytes(payload))
+    except ValueError as exc:  # (UnicodeDecodeError is one)
         raise Mq9Error(prefix + str(exc)) from None
     if not isinstance(obj, dict):
         raise Mq9Error(prefix + f"expected a JSON object, got {_type_name(obj)}")

@@ -8,10 +8,12 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from .. import jsonbody
 from ..control import Mq9Error
 from . import records as R
 from .embed import EmbedService
@@ -58,7 +60,7 @@ def _parse_object(payload: bytes, command: str, empty_ok: bool) -> dict:
             return {}
         raise Mq9Error("payload must not be empty")
     try:
-        value = json.loads(data)
+        value = jsonbody.loads(data)
     except UnicodeDecodeError as exc:
         raise Mq9Error(f"invalid {command} payload: not UTF-8 ({exc.reason})") from None
     except ValueError as exc:
@@ -112,7 +114,7 @@ def _payload_description(payload: Any) -> str:
     if t.startswith("{") and t.endswith("}"):
         try:
             card = json.loads(t)
-        except ValueError:
+        except (ValueError, RecursionError):
             return payload
         if isinstance(card, dict) and isinstance(card.get("description"), str):
             return card["description"]
@@ -166,6 +168,9 @@ class Registry:
         self._view_seen: tuple[Any, Any] = (None, None)
         self._rank_cache: dict = {}
         self._rank_cache_seq = -1
+        #: resolved once the latest REGISTER/UNREGISTER/REPORT has been handed to the store
+        #: (see ``_turn``)
+        self._last_turn: asyncio.Future | None = None
         # statistics
         self.rebuilt_index = False
 
@@ -652,6 +657,34 @@ class Registry:
     # ------------------------------------------------------------------------------------------
     # commands
     # ------------------------------------------------------------------------------------------
+    # REGISTER, UNREGISTER and REPORT reach the store in the order they arrived, whatever each
+    # one waits for first (a REGISTER waits for its embedding): a client that pipelines
+    # REGISTER then UNREGISTER (or REPORT, or a second REGISTER of the name) gets that order's
+    # result.  Each takes a turn before its first ``await`` - the commands start in arrival
+    # order - and hands its write to the store (``Store.write`` queues it at once; the queue is
+    # applied in order) only after the previous turn's write was handed over.  The embeddings of
+    # concurrent REGISTERs still run together; only the queueing is ordered.
+    def _turn(self) -> tuple[asyncio.Future | None, asyncio.Future]:
+        prev = self._last_turn
+        mine = asyncio.get_running_loop().create_future()
+        self._last_turn = mine
+        return prev, mine
+
+    @staticmethod
+    def _pass(turn: tuple[asyncio.Future | None, asyncio.Future]) -> None:
+        if not turn[1].done():
+            turn[1].set_result(None)
+
+    async def _write_in_turn(self, turn, fn, grows: bool = False) -> Any:
+        prev = turn[0]
+        try:
+            if prev is not None and not prev.done():
+                await asyncio.wait((prev,))  # (never cancels ``prev``, even if we are cancelled)
+            fut = self.store.write(fn, grows=grows)
+        finally:
+            self._pass(turn)
+        return await fut
+
     async def register(self, payload: bytes) -> dict:
         cmd = "AGENT.REGISTER"
         body = _parse_object(payload, cmd, empty_ok=False)
@@ -681,15 +714,20 @@ class Registry:
         texts = embed_texts(body)
         text = texts[0]
 
+        turn = self._turn()
         vec = tag = None
-        if await self.embed.wait_ready(REGISTER_EMBED_WAIT) and not self._closed:
-            tag = self.embed.tag
-            try:
-                vec = await self.embed.embed_card(texts if text else [name],
-                                                  self._previous_vectors(name, tag))
-            except Exception:  # noqa: BLE001 - stored now, embedded by the indexer later
-                log.exception("embedding a card failed")
-                vec = None
+        try:
+            if await self.embed.wait_ready(REGISTER_EMBED_WAIT) and not self._closed:
+                tag = self.embed.tag
+                try:
+                    vec = await self.embed.embed_card(texts if text else [name],
+                                                      self._previous_vectors(name, tag))
+                except Exception:  # noqa: BLE001 - stored now, embedded by the indexer later
+                    log.exception("embedding a card failed")
+                    vec = None
+        except BaseException:
+            self._pass(turn)
+            raise
         now = time.time()
         key = R.agent_key(name)
 
@@ -711,7 +749,7 @@ class Registry:
                 txn.put(R.mailbox_key(mailbox, name), b"", db=self.db_mailbox)
             self._bump(txn, key)
 
-        await self.store.write(fn, grows=True)
+        await self._write_in_turn(turn, fn, grows=True)
         with self.store.read() as txn:
             self._refresh(txn)
         return _OK
@@ -751,7 +789,7 @@ class Registry:
             return sum(self._delete_agent(txn, n)
                        for n in self._names_for(txn, name, mailbox, name_first=False))
 
-        n = await self.store.write(fn)
+        n = await self._write_in_turn(self._turn(), fn)
         if n:
             with self.store.read() as txn:
                 self._refresh(txn)
@@ -772,7 +810,7 @@ class Registry:
                 txn.put(R.agent_key(n), value, db=self.db_reports)
             return len(names)
 
-        await self.store.write(fn)
+        await self._write_in_turn(self._turn(), fn)
         return _OK
 
     def discover(self, payload: bytes):
@@ -981,11 +1019,19 @@ class Registry:
         return (seen if total is None else total), items
 
     def _entry(self, out: list, txn, key: bytes, raw, score: float | None) -> None:
-        """Append one DISCOVER entry (as byte pieces) to ``out``; ``raw`` is the record."""
+        """Append one DISCOVER entry (as byte pieces) to ``out``; ``raw`` is the record, and
+        ``score`` None means a listing (list-all), where the card keeps its own ``agent_id``,
+        ``description`` and ``score`` (PROTOCOL.md §7.4: the registry sets those in search
+        modes only)."""
         _v, _t, _vid, lb, lp, _lt, _lm = _HDR_UNPACK(raw, 0)
         start = _HDR_SIZE + lb
         out.append(b",{" if out else b"{")
-        out.append(raw[start:start + lp])
+        prefix = raw[start:start + lp]
+        if score is None:
+            body = raw[_HDR_SIZE:start]
+            if _OWN_SEARCH_KEYS.search(body):
+                prefix = _listing_prefix(bytes(body), bytes(prefix))
+        out.append(prefix)
         if score is not None:
             out.append(b',"score":%.6f' % score if score == score and abs(score) < 1e300
                        else b',"score":0.0')
@@ -996,6 +1042,22 @@ class Registry:
             out.append(b',"last_report":')
             out.append(rep[8:])
             out.append(b',"last_report_time":%d}' % _F64_UNPACK(rep, 0)[0])
+
+
+#: a card that may have its own value for a key the search modes set: ``agent_id`` or ``score``
+#: anywhere, or a ``description`` that is not a string (a string one is the entry's already)
+_OWN_SEARCH_KEYS = re.compile(rb'"(?:agent_id|score)":|"description":\s*[^"\s]')
+
+
+def _listing_prefix(body: bytes, prefix: bytes) -> bytes:
+    """The entry prefix of a listing: the search-mode ``prefix`` with the card's own top-level
+    ``agent_id`` / ``description`` / ``score`` put back."""
+    card = json.loads(body)
+    entry = json.loads(b"{" + prefix + b"}")
+    for k in ("agent_id", "description", "score"):
+        if k in card:
+            entry[k] = card[k]
+    return _dumps(entry)[1:-1].encode()
 
 
 _HDR_UNPACK = R.HDR.unpack_from

@@ -81,7 +81,7 @@ def _maybe_json(s: str) -> Any:
     if len(t) >= 2 and t[0] in "{[" and t[-1] in "}]":
         try:
             return json.loads(t)
-        except ValueError:
+        except (ValueError, RecursionError):  # (not JSON after all, or nested too deeply)
             return None
     return None
 
