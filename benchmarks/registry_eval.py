@@ -312,7 +312,7 @@ async def sweep(args) -> None:
         vec = reg.vec
         slots = [vec.slot_of[reg.known[n][1]] for n in names]
         cards = vec.matrix[slots].copy()
-        parts = [vec.parts[s] for s in slots]
+        parts = [vec.part_vectors(s) for s in slots]
         plen = [[len(t.split()) for t in embed_texts(a["body"])[1:]] for a in data["agents"]]
         queries = [i["query"] for i in data["intents"]]
         qv = np.vstack([await reg.embed.embed([q], query=True) for q in queries])

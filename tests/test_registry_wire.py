@@ -263,6 +263,41 @@ async def test_discover_modes_and_precedence(client):
     assert (await names(client, {"text": "", "semantic": "", "limit": 1000})) == all_names
 
 
+async def test_semantic_ranking_is_exact_and_its_pages_consistent(client):
+    # cards whose one matching skill is drowned in the whole-card vector by a long description
+    # of something else: they rank by that skill at any limit, and paging walks one total order
+    import asyncio
+
+    chores = ["mows lawns", "washes windows", "walks dogs", "folds laundry", "paints fences",
+              "cleans gutters", "waters plants", "feeds cats", "irons shirts", "bakes bread",
+              "shovels snow", "rakes leaves", "fixes bikes", "sorts mail", "polishes shoes",
+              "trims hedges", "sweeps floors", "hangs pictures", "assembles furniture"]
+    needles = [{"name": f"exact.needle.{i}",
+                "description": "General household help: it " + ", ".join(chores) + ".",
+                "skills": [{"name": "stargazing", "description":
+                            "Identifies constellations in photographs of the night sky"}]}
+               for i in range(3)]
+    # more cards nearer the query as a whole than the needles' card vectors than a first stage
+    # by card vector alone would take (it took 64 for a limit up to 32; the needles rank 70-85
+    # by card vector here)
+    subjects = ["sunsets", "mountains", "city lights", "the moon", "clouds", "beaches",
+                "forests", "lakes", "storms", "rainbows", "deserts", "harbours"]
+    fillers = [{"name": f"exact.filler.{i}.{j}", "payload": f"{verb} photos of {subject}"}
+               for i, subject in enumerate(subjects)
+               for j, verb in enumerate(["Retouches", "Sharpens", "Crops", "Captions",
+                                         "Colour-grades", "Frames", "Prints", "Archives"])]
+    replies = await asyncio.gather(*(req(client, "REGISTER", b) for b in fillers + needles))
+    assert all(r == {"error": ""} for r in replies)
+    query = {"semantic": "which constellations are in my night sky photo"}
+    full = await names(client, {**query, "limit": 1000})
+    assert set(full[:3]) == {f"exact.needle.{i}" for i in range(3)}, full[:6]
+    for limit in (1, 3, 5, 20):
+        assert await names(client, {**query, "limit": limit}) == full[:limit]
+    assert await _pages(client, query, 7) == full
+    for b in fillers + needles:
+        await ok(client, "UNREGISTER", {"name": b["name"]})
+
+
 async def _pages(client, query: dict, limit: int) -> list[str]:
     out: list[str] = []
     page = 1

@@ -2,13 +2,16 @@
 
 Vectors of record live in LMDB (``reg.vec``); this module holds derived copies:
 
-* a float32 matrix (one row per vector, tombstoned rows masked) searched by brute force - exact,
-  and the first stage of every semantic DISCOVER up to ``BRUTE_MAX`` live vectors (the config
-  option ``vector_exact_max``);
-* on the owner process, a usearch index (metric cos, dtype f16) maintained on one "index" thread
-  and persisted as ``<data_dir>/registry.usearch``: written to a temp file, fsynced, renamed over
-  the old file, then ``reg.meta["index"]`` in LMDB gets ``{version, size, crc32, ndim, tag,
-  count}``.  Above ``BRUTE_MAX`` the owner's searches go to it when it is in sync;
+* float32 matrices (one row per card, one per part of a card; tombstoned rows masked) searched
+  by brute force: up to ``BRUTE_MAX`` live cards (the config option ``vector_exact_max``) every
+  semantic DISCOVER scores every card and every part, so its ranking is exact and its pages
+  consistent;
+* on the owner process, a usearch index (metric cos, dtype f16) of the card vectors, maintained
+  on one "index" thread and persisted as ``<data_dir>/registry.usearch``: written to a temp file,
+  fsynced, renamed over the old file, then ``reg.meta["index"]`` in LMDB gets ``{version, size,
+  crc32, ndim, tag, count}``.  Above ``BRUTE_MAX`` the owner's searches go to it when it is in
+  sync: its nearest cards (``need`` plus a margin) are rescored with their parts - approximate,
+  as any HNSW search is (a card whose whole-card vector is far but one part near can be missed);
 * on every other process, a read-only memory-mapped view of that file (``open_index_file(...,
   view=True)``: size/crc32/ndim/tag checked against the LMDB record on the very file descriptor
   that is then mapped).  The registry opens it in the background when the version in LMDB changes
@@ -75,6 +78,13 @@ SAVE_DELAY = 1.0
 #: seconds before a failed save (e.g. a full disk) is tried again
 SAVE_RETRY = 5.0
 INDEX_FILE = "registry.usearch"
+
+
+def _grown(a: np.ndarray, cap: int, used: int) -> np.ndarray:
+    """``a`` with ``cap`` rows, the first ``used`` copied (the rest zero)."""
+    out = np.zeros((cap,) + a.shape[1:], dtype=a.dtype)
+    out[:used] = a[:used]
+    return out
 
 
 def file_crc(path: str) -> tuple[int, int]:
@@ -200,8 +210,17 @@ class VectorIndex:
         self.matrix = np.zeros((256, dim), dtype=np.float32)
         self.alive = np.zeros(256, dtype=bool)
         self.names: list[str | None] = []
-        self.parts: list[np.ndarray | None] = []  # per slot: the part vectors, or None
         self.keys: list[int] = []
+        # part vectors, all in one matrix so that every query scores every part at once: a
+        # slot's parts are the rows p_start[slot] .. + p_count[slot] (count 0: none, or dead).
+        # Invariant: rows are appended slot by slot, so the live runs are in slot order and
+        # their starts increase (``np.maximum.reduceat`` relies on it); dead rows are masked.
+        self.pmat = np.zeros((256, dim), dtype=np.float32)
+        self.p_alive = np.zeros(256, dtype=bool)
+        self.p_used = 0
+        self.p_dead = 0
+        self.p_start = np.zeros(256, dtype=np.int64)
+        self.p_count = np.zeros(256, dtype=np.int64)
         self.slot_of: dict[int, int] = {}
         self.n_dead = 0
         # usearch mirror (owner only)
@@ -230,16 +249,25 @@ class VectorIndex:
         slot = len(self.names)
         if slot >= len(self.matrix):
             cap = len(self.matrix) * 2
-            m = np.zeros((cap, self.dim), dtype=np.float32)
-            m[:slot] = self.matrix[:slot]
-            a = np.zeros(cap, dtype=bool)
-            a[:slot] = self.alive[:slot]
-            self.matrix, self.alive = m, a
+            self.matrix = _grown(self.matrix, cap, slot)
+            self.alive = _grown(self.alive, cap, slot)
+            self.p_start = _grown(self.p_start, cap, slot)
+            self.p_count = _grown(self.p_count, cap, slot)
         self.matrix[slot] = vec
         self.alive[slot] = True
         self.names.append(name)
-        self.parts.append(np.ascontiguousarray(vecs[1:], dtype=np.float32) if len(vecs) > 1
-                          else None)
+        k = len(vecs) - 1
+        self.p_start[slot] = self.p_used
+        self.p_count[slot] = k
+        if k:
+            end = self.p_used + k
+            if end > len(self.pmat):
+                cap = max(len(self.pmat) * 2, end)
+                self.pmat = _grown(self.pmat, cap, self.p_used)
+                self.p_alive = _grown(self.p_alive, cap, self.p_used)
+            self.pmat[self.p_used:end] = vecs[1:]
+            self.p_alive[self.p_used:end] = True
+            self.p_used = end
         self.keys.append(key)
         self.slot_of[key] = slot
         if self.view is not None:
@@ -257,7 +285,12 @@ class VectorIndex:
             return False
         self.alive[slot] = False
         self.names[slot] = None
-        self.parts[slot] = None
+        k = int(self.p_count[slot])
+        if k:
+            start = int(self.p_start[slot])
+            self.p_alive[start:start + k] = False
+            self.p_dead += k
+            self.p_count[slot] = 0
         self.n_dead += 1
         if self.view is not None:
             if key in self.view_delta:
@@ -268,7 +301,8 @@ class VectorIndex:
             self._ops.append((key, None))
             self.dirty = True
             self.removed_since_build += 1
-        if self.n_dead > 1024 and self.n_dead > len(self.slot_of):
+        if ((self.n_dead > 1024 and self.n_dead > len(self.slot_of))
+                or (self.p_dead > 4096 and self.p_dead > self.p_used - self.p_dead)):
             self._compact()
         return True
 
@@ -280,11 +314,33 @@ class VectorIndex:
         m[:n] = self.matrix[live]
         a = np.zeros(cap, dtype=bool)
         a[:n] = True
+        counts = self.p_count[live]
+        rows = (np.concatenate([np.arange(s0, s0 + c) for s0, c in
+                                zip(self.p_start[live].tolist(), counts.tolist()) if c])
+                if counts.any() else np.zeros(0, dtype=np.int64))
+        pn = len(rows)
+        pcap = max(256, 1 << max(pn, 1).bit_length())
+        pm = np.zeros((pcap, self.dim), dtype=np.float32)
+        pm[:pn] = self.pmat[rows]
+        pa = np.zeros(pcap, dtype=bool)
+        pa[:pn] = True
+        self.p_start = np.zeros(cap, dtype=np.int64)
+        self.p_start[:n] = np.cumsum(counts) - counts
+        self.p_count = np.zeros(cap, dtype=np.int64)
+        self.p_count[:n] = counts
+        self.pmat, self.p_alive, self.p_used, self.p_dead = pm, pa, pn, 0
         self.names = [self.names[s] for s in live]
-        self.parts = [self.parts[s] for s in live]
         self.keys = [self.keys[s] for s in live]
         self.slot_of = {k: i for i, k in enumerate(self.keys)}
         self.matrix, self.alive, self.n_dead = m, a, 0
+
+    def part_vectors(self, slot: int) -> np.ndarray | None:
+        """The part vectors of ``slot`` (a view), or None."""
+        k = int(self.p_count[slot])
+        if not k:
+            return None
+        start = int(self.p_start[slot])
+        return self.pmat[start:start + k]
 
     def card_scores(self, q: np.ndarray) -> np.ndarray:
         """cos(query, card) for every slot (dead slots -inf)."""
@@ -300,12 +356,29 @@ class VectorIndex:
             scores[~self.alive[:n]] = -np.inf
         return scores
 
+    def scores(self, q: np.ndarray) -> np.ndarray:
+        """The final score of every slot (dead slots -inf): its card's cosine, blended with its
+        best part's (``rescore``), every part scored in one pass over ``pmat``."""
+        out = self.card_scores(q)
+        pn = self.p_used
+        if pn == self.p_dead:
+            return out
+        rows = self.pmat[:pn]
+        ps = np.einsum("ij,j->i", rows, q) if pn >= 2048 else rows @ q  # (see card_scores)
+        if self.p_dead:
+            ps[~self.p_alive[:pn]] = -np.inf
+        n = len(self.names)
+        has = self.p_count[:n] > 0
+        best = np.maximum.reduceat(ps, self.p_start[:n][has])
+        out[has] = (1.0 - PART_WEIGHT) * out[has] + PART_WEIGHT * best
+        return out
+
     def rescore(self, q: np.ndarray, slots, card: np.ndarray) -> np.ndarray:
         """Final scores of ``slots`` given their card scores: blend in the best part."""
         blocks = []
         counts = []
         for s in slots:
-            p = self.parts[s]
+            p = self.part_vectors(s)
             if p is not None:
                 blocks.append(p)
                 counts.append(len(p))
@@ -322,22 +395,27 @@ class VectorIndex:
         return out
 
     def search(self, q: np.ndarray, need: int) -> list[tuple[str, float]]:
-        """The best ``need`` cards as [(name, score)], best first.
+        """The best ``need`` cards as [(name, score)], best first (ties by name).
 
-        Two stages: exact cosine against every card vector picks the candidates (``need`` plus a
-        margin), then each candidate is rescored with its best-matching part vector."""
-        if not self.slot_of:
-            return []
-        q = q.astype(np.float32)
-        scores = self.card_scores(q)
+        Exact: every card and every part is scored (``scores``), so the ranking is one total
+        order and pages of it never overlap or skip - a card whose one matching skill is
+        drowned in its whole-card vector by twenty others still ranks by that skill."""
         m = len(self.slot_of)
+        k = min(need, m)
+        if k <= 0:
+            return []
+        final = self.scores(q.astype(np.float32))
         n = len(self.names)
-        cand_n = min(max(need + 32, 2 * need, 64), m)
-        if cand_n < n:
-            cand = np.argpartition(-scores, cand_n - 1)[:cand_n]
+        if k < n:
+            # every slot scoring at least the k-th best (ties included, so that the cut is
+            # made by name below, the same for every ``need``)
+            kth = np.partition(final, n - k)[n - k]
+            cand = np.flatnonzero(final >= kth)
         else:
             cand = np.flatnonzero(self.alive[:n])
-        return self._final(q, cand, scores[cand])
+        out = [(self.names[s], float(final[s])) for s in cand.tolist()]
+        out.sort(key=lambda x: (-x[1], x[0]))
+        return out[:k]
 
     def _final(self, q: np.ndarray, cand, card_scores) -> list[tuple[str, float]]:
         final = self.rescore(q, cand, card_scores)
