@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import nats
 import pytest
@@ -169,9 +170,13 @@ async def test_agent_ttl_hides_and_sweeps(broker_factory):
         await nc.close()
 
 
+MODELS = Path(__file__).parent / "data" / "models"  # (see its README.md)
+
+
 @pytest.mark.parametrize("options", [{"embedder": "hash"},
-                                     {"embedder": "auto", "model_dir": "/nonexistent/model"}],
-                         ids=["configured", "model-missing"])
+                                     {"embedder": "auto", "model_dir": "/nonexistent/model"},
+                                     {"embedder": "auto", "model_dir": str(MODELS / "runtimefail")}],
+                         ids=["configured", "model-missing", "model-fails-to-run"])
 async def test_fallback_embedder(broker_factory, options):
     b = broker_factory(log_level="info", **options)
     nc = await connect(b)
@@ -203,6 +208,21 @@ async def test_fallback_embedder(broker_factory, options):
         finally:
             await nc.close()
         assert "minilm:" in b.log()
+
+
+async def test_a_model_of_another_vector_size_answers_every_request(broker_factory):
+    # a --model-dir model that runs but gives 8-dimensional vectors is used at that size (it
+    # used to kill the embedding thread: every REGISTER and semantic DISCOVER then hung)
+    b = broker_factory(log_level="info", embedder="auto", model_dir=str(MODELS / "dim8"))
+    nc = await connect(b)
+    try:
+        await register_all(nc)
+        assert sorted(await names(nc, {"semantic": "rain and wind forecast"})) == \
+            sorted(c.get("name") or c["mailbox"] for c in CARDS)
+        assert "p.weather" in await names(nc, {"text": "rain"})
+    finally:
+        await nc.close()
+    assert "hash:v1" not in b.log()
 
 
 async def test_registry_across_workers(broker_factory, workers):

@@ -171,6 +171,16 @@ class MiniLMEmbedder:
         tok.enable_truncation(MAX_TOKENS)
         self.tokenizer = tok
         self.cls_id = tok.token_to_id("[CLS]")
+        # a model file that loads can still fail to run, or give vectors of another size (a
+        # ``model_dir`` of the user's): find out now, while the caller can still fall back
+        try:
+            probe = self.embed(["a probe sentence of a few words", "probe"])
+        except Exception as exc:  # noqa: BLE001 - any failure: not usable
+            raise EmbedderUnavailable(f"{model_path} fails on a test input ({exc})") from None
+        if probe.ndim != 2 or probe.shape[0] != 2 or not np.isfinite(probe).all():
+            raise EmbedderUnavailable(f"{model_path} gives no sentence vectors (output shape "
+                                      f"{probe.shape})")
+        self.dim = int(probe.shape[1])  # (MINILM_DIM for the pinned model)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer.encode(t).ids for t in texts]
@@ -415,10 +425,15 @@ class EmbedService:
                     return
                 queries, self._queries = self._queries, []
                 docs, self._docs = self._docs, []
-            if queries:
-                self._run_batch(emb, queries)
-            if docs:
-                self._run_docs(emb, docs)
+            try:
+                if queries:
+                    self._run_batch(emb, queries)
+                if docs:
+                    self._run_docs(emb, docs)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop the thread: every
+                log.exception("embedding failed")  # waiting request would hang with it
+                for job in queries + docs:
+                    self._resolve(job, exc)  # (no-op for the jobs already resolved)
 
     def _run_batch(self, emb: Any, jobs: list[_Job]) -> None:
         """Queries: all waiting ones, in as few runs as the token budget allows (usually one)."""
