@@ -357,6 +357,14 @@ async def test_register_on_one_worker_found_through_view_on_another(two_workers)
         for nc in (o, a):
             assert (await semantic(nc, "narwhal tusk polishing"))[0] == "w.fresh"
             assert "v.25" not in await semantic(nc, card(25)["payload"], 100)
+
+        # the owner's own mirror, in sync and idle, does not have what worker 1 registers
+        # next: the owner's DISCOVER must still show it at once
+        for i, text in enumerate(["okapi grooming service", "yak butter churning",
+                                  "quokka photography tours", "axolotl tank cleaning"]):
+            await asyncio.sleep(1.5)  # the mirror takes in the last one and is idle again
+            await req(o, "REGISTER", {"name": f"w.late.{i}", "payload": text})
+            assert (await semantic(a, text))[0] == f"w.late.{i}"
     finally:
         await a.close()
         await o.close()

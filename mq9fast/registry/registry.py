@@ -859,9 +859,13 @@ class Registry:
             log.warning("semantic model not ready; ranking %r by keywords", query)
             return self._collect(self._text_ranker(query), skip, limit, True)
         qv = (await self.embed.embed([query], query=True))[0]
+        with self.store.read() as txn:
+            # (first: the other workers' changes go into the mirror's queue, so it is not idle)
+            self._refresh(txn)
         vec = self.vec
         large = len(vec) > self.brute_max
         approx = None
+        approx_seq = self.applied_seq
         if large and self.owner:
             if vec.idle and vec.usearch is not None:
                 approx = await vec.search_usearch(qv, skip + limit + 64)
@@ -882,7 +886,8 @@ class Registry:
             total = len(vec) + len(self.pending)
             if qt is not None:
                 ranked = self._fuse(first(max(need, 100)), qt, need)
-            elif approx is not None and need <= len(approx):
+            elif (approx is not None and need <= len(approx) and self.vec is vec
+                  and self.applied_seq == approx_seq):  # (nothing changed during the search)
                 ranked = approx
             else:
                 ranked = first(need)
