@@ -140,6 +140,34 @@ async def test_index_file_reconciled_after_crash(broker_factory):
         await nc.close()
 
 
+async def test_a_report_does_not_revive_an_expired_agent(broker_factory):
+    # expired while the broker was down, so not swept yet when it reports: as gone as a
+    # swept one (whose REPORT is an unknown agent's, discarded)
+    b = broker_factory(agent_ttl=2)
+    nc = await connect(b)
+    try:
+        await ok(nc, "REGISTER", {"name": "ttl.late", "mailbox": "ttl.late.box",
+                                  "payload": "Sleepy dormouse agent"})
+    finally:
+        await nc.close()
+    b.kill()
+    await asyncio.sleep(2.5)
+    b.start()
+    nc = await connect(b)
+    try:
+        await ok(nc, "REPORT", {"name": "ttl.late", "status": "back"})
+        await ok(nc, "REPORT", {"mailbox": "ttl.late.box", "status": "back"})
+        assert await names(nc, {}) == []
+        await asyncio.sleep(1.0)
+        assert await names(nc, {"text": "dormouse"}) == []
+        # registering again brings it back, with no report
+        await ok(nc, "REGISTER", {"name": "ttl.late", "payload": "Sleepy dormouse agent"})
+        (entry,) = (await ok(nc, "DISCOVER", {}))["agents"]
+        assert entry["name"] == "ttl.late" and entry["last_report"] is None
+    finally:
+        await nc.close()
+
+
 async def test_agent_ttl_hides_and_sweeps(broker_factory):
     b = broker_factory(agent_ttl=1)
     nc = await connect(b)

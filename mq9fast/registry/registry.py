@@ -802,10 +802,16 @@ class Registry:
         mailbox = _opt_str(body, "mailbox", cmd)
         if not name and not mailbox:
             raise Mq9Error("agent name must not be empty")
-        value = R.F64.pack(time.time()) + _dumps(body).encode()
+        now = time.time()
+        value = R.F64.pack(now) + _dumps(body).encode()
+        cutoff = now - self.agent_ttl if self.agent_ttl > 0 else None
 
         def fn(txn) -> int:
             names = self._names_for(txn, name, mailbox, name_first=True)
+            if cutoff is not None:
+                # an expired agent is gone, swept or not yet: its REPORT is discarded as an
+                # unknown agent's is (it must REGISTER again)
+                names = [n for n in names if self._alive(txn, R.agent_key(n), cutoff)]
             for n in names:
                 txn.put(R.agent_key(n), value, db=self.db_reports)
             return len(names)
