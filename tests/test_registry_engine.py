@@ -151,6 +151,51 @@ def test_part_vectors_lift_a_matching_skill():
     assert got["broad"] == pytest.approx(0.5) and got["plain"] == pytest.approx(0.6)
 
 
+def test_exact_search_with_parts_through_removals_and_compaction():
+    # the parts of all cards live in one matrix (runs per card); after many adds, removals,
+    # re-adds and the compactions they trigger, search still equals a brute-force ranking of
+    # (1 - w) * cos(card) + w * max cos(part), at every need
+    from mq9fast.registry.vectors import PART_WEIGHT
+
+    rng = np.random.default_rng(11)
+    dim = 16
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    vi = VectorIndex(dim, "t")
+    live: dict[int, tuple[str, np.ndarray]] = {}
+    key = 0
+    for step in range(6000):
+        if live and rng.random() < 0.45:
+            k = int(rng.choice(list(live)))
+            vi.remove(k)
+            del live[k]
+        else:
+            key += 1
+            name = f"c{int(rng.integers(0, 3000)):04d}"
+            for k in [k for k, (nm, _) in live.items() if nm == name]:  # (one key per name)
+                vi.remove(k)
+                del live[k]
+            vecs = unit(rng.standard_normal((1 + int(rng.integers(0, 4)), dim)))
+            vi.add(key, name, vecs)
+            live[key] = (name, vecs)
+        if step % 1500 == 1499 or step == 5999:
+            q = unit(rng.standard_normal(dim))
+            ref = []
+            for name, vecs in live.values():
+                score = float(vecs[0] @ q)
+                if len(vecs) > 1:
+                    score = (1 - PART_WEIGHT) * score + PART_WEIGHT * float((vecs[1:] @ q).max())
+                ref.append((name, score))
+            ref.sort(key=lambda x: (-x[1], x[0]))
+            for need in (1, 10, 100, len(ref) + 5):
+                got = vi.search(q, need)
+                assert [n for n, _ in got] == [n for n, _ in ref[:need]], (step, need)
+                assert [v for _, v in got] == pytest.approx([v for _, v in ref[:need]], abs=1e-5)
+    assert len(vi.pmat) < 4 * max(vi.p_used, 256)  # compacted as parts died
+
+
 async def test_embedding_service_batches_concurrent_requests():
     svc = E.EmbedService("auto")
     svc.start()

@@ -67,6 +67,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..files import fsync_dir
+from .text import top_named
 
 log = logging.getLogger("mq9fast.registry")
 
@@ -92,6 +93,18 @@ def _grown(a: np.ndarray, cap: int, used: int) -> np.ndarray:
     out = np.zeros((cap,) + a.shape[1:], dtype=a.dtype)
     out[:used] = a[:used]
     return out
+
+
+def _packed(src: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
+    """``src[rows]`` at the top of a new matrix of power-of-two capacity (at least 256), and
+    the mask of its live rows."""
+    n = len(rows)
+    cap = max(256, 1 << max(n, 1).bit_length())
+    out = np.zeros((cap,) + src.shape[1:], dtype=src.dtype)
+    out[:n] = src[rows]
+    alive = np.zeros(cap, dtype=bool)
+    alive[:n] = True
+    return out, alive
 
 
 def file_crc(path: str) -> tuple[int, int]:
@@ -316,26 +329,17 @@ class VectorIndex:
     def _compact(self) -> None:
         live = sorted(self.slot_of.values())
         n = len(live)
-        cap = max(256, 1 << max(n, 1).bit_length())
-        m = np.zeros((cap, self.dim), dtype=np.float32)
-        m[:n] = self.matrix[live]
-        a = np.zeros(cap, dtype=bool)
-        a[:n] = True
+        m, a = _packed(self.matrix, live)
         counts = self.p_count[live]
         rows = (np.concatenate([np.arange(s0, s0 + c) for s0, c in
                                 zip(self.p_start[live].tolist(), counts.tolist()) if c])
                 if counts.any() else np.zeros(0, dtype=np.int64))
-        pn = len(rows)
-        pcap = max(256, 1 << max(pn, 1).bit_length())
-        pm = np.zeros((pcap, self.dim), dtype=np.float32)
-        pm[:pn] = self.pmat[rows]
-        pa = np.zeros(pcap, dtype=bool)
-        pa[:pn] = True
-        self.p_start = np.zeros(cap, dtype=np.int64)
-        self.p_start[:n] = np.cumsum(counts) - counts
-        self.p_count = np.zeros(cap, dtype=np.int64)
+        self.pmat, self.p_alive = _packed(self.pmat, rows)
+        self.p_used, self.p_dead = len(rows), 0
+        self.p_start = np.zeros(len(m), dtype=np.int64)
+        self.p_start[:n] = np.cumsum(counts) - counts  # (the runs, packed in slot order)
+        self.p_count = np.zeros(len(m), dtype=np.int64)
         self.p_count[:n] = counts
-        self.pmat, self.p_alive, self.p_used, self.p_dead = pm, pa, pn, 0
         self.names = [self.names[s] for s in live]
         self.keys = [self.keys[s] for s in live]
         self.slot_of = {k: i for i, k in enumerate(self.keys)}
@@ -407,22 +411,14 @@ class VectorIndex:
         Exact: every card and every part is scored (``scores``), so the ranking is one total
         order and pages of it never overlap or skip - a card whose one matching skill is
         drowned in its whole-card vector by twenty others still ranks by that skill."""
-        m = len(self.slot_of)
-        k = min(need, m)
-        if k <= 0:
+        if not self.slot_of or need <= 0:
             return []
         final = self.scores(q.astype(np.float32))
         n = len(self.names)
-        if k < n:
-            # every slot scoring at least the k-th best (ties included, so that the cut is
-            # made by name below, the same for every ``need``)
-            kth = np.partition(final, n - k)[n - k]
-            cand = np.flatnonzero(final >= kth)
-        else:
-            cand = np.flatnonzero(self.alive[:n])
-        out = [(self.names[s], float(final[s])) for s in cand.tolist()]
-        out.sort(key=lambda x: (-x[1], x[0]))
-        return out[:k]
+        if self.n_dead:
+            live = np.flatnonzero(self.alive[:n])
+            return top_named(live, final[live], need, self.names)
+        return top_named(np.arange(n), final, need, self.names)
 
     def _final(self, q: np.ndarray, cand, card_scores) -> list[tuple[str, float]]:
         final = self.rescore(q, cand, card_scores)
