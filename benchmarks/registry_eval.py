@@ -36,7 +36,8 @@ variants, blended 0-100 % with the query, as vectors or as scores: 0.870-0.880),
 at full precision: the int8 file's weights replaced by the fp32 checkpoint they were quantized
 from (``benchmarks/fp32_minilm.py``) score 0.870 / 0.972 / 0.917, with the best of the 280
 ``--sweep`` variants at 0.889 picked on the whole set (int8: also 0.889) - the quantization is not
-what keeps recall below 0.90, the model is.  The
+what keeps recall below 0.90, the model is.  One part per skill (``text.embed_texts``, now):
+0.880 / 0.981 / 0.924 (fp32 0.870 / 0.972 / 0.919; best of the sweep 0.889 either way).  The
 13 misses are paraphrases the model places near a neighbouring card (a narrator reading a blog
 post aloud -> the transcriber); 5 of them rank the right card second.
 

@@ -78,6 +78,23 @@ def test_card_text_skips_identifiers():
         ["agent pay. takes card payments. billing", "agent pay", "takes card payments"]
 
 
+def test_each_skill_is_one_part():
+    # a skill's name, description, tags and examples make one part, so a card of 25 skills
+    # keeps every skill as a part (one part per string kept only the first ~15)
+    card = {"name": "multi", "description": "Does many things for households",
+            "skills": [{"id": f"s{i}", "name": f"skill number {i}",
+                        "description": f"handles chore {i} well", "tags": ["home"],
+                        "examples": [f"do chore {i} today"]} for i in range(25)]}
+    texts = T.embed_texts(card)
+    assert texts[0] == T.card_text(card)
+    assert texts[1:] == ["Does many things for households"] + [
+        f"skill number {i}. handles chore {i} well. home. do chore {i} today" for i in range(25)]
+    # strings in lists stay parts of their own; so do the strings of a JSON payload's skills
+    assert T.embed_texts({"name": "p", "payload": json.dumps(
+        {"description": "Books rooms", "skills": [{"name": "find hotel", "examples": ["a b"]}]}),
+        "notes": ["two words", "one"]})[1:] == ["Books rooms", "find hotel. a b", "two words"]
+
+
 def test_tokens_stop_words_and_stems():
     assert T.tokens("The payments and the invoices of a Processor") == \
         T.tokens("payment invoice processing")[:2] + [T.stem("processor")]

@@ -86,13 +86,15 @@ def _maybe_json(s: str) -> Any:
     return None
 
 
-def _walk(value: Any, out: list[str], seen: set[str], depth: int) -> None:
+def _walk(value: Any, out: list[str], seen: set[str], depth: int, group: bool = False) -> None:
+    """Append the descriptive strings of ``value`` to ``out``; with ``group``, the strings of an
+    object inside a list (a skill) go in as one, joined as sentences."""
     if depth > 32:
         return
     if isinstance(value, str):
         doc = _maybe_json(value)
         if doc is not None:
-            _walk(doc, out, seen, depth + 1)
+            _walk(doc, out, seen, depth + 1, group)
             return
         text = " ".join(value.split())
         if text and text not in seen and not is_identifier(text):
@@ -114,40 +116,58 @@ def _walk(value: Any, out: list[str], seen: set[str], depth: int) -> None:
                     seen.add(words)
                     out.append(words)
                 continue
-            _walk(v, out, seen, depth + 1)
+            _walk(v, out, seen, depth + 1, group)
         return
     if isinstance(value, list):
         for v in value:
-            _walk(v, out, seen, depth + 1)
+            if group and isinstance(v, dict):
+                text = _sentences(card_parts(v))
+                if text and text not in seen:
+                    seen.add(text)
+                    out.append(text)
+            else:
+                _walk(v, out, seen, depth + 1, group)
     # numbers, booleans, null: not text
 
 
-def card_parts(body: Any) -> list[str]:
-    """The descriptive strings of ``body``, most descriptive first, de-duplicated."""
+def card_parts(body: Any, group: bool = False) -> list[str]:
+    """The descriptive strings of ``body``, most descriptive first, de-duplicated; with
+    ``group``, one string per object inside a list (each skill: its name, description, tags
+    and examples as sentences)."""
     out: list[str] = []
-    _walk(body, out, set(), 0)
+    _walk(body, out, set(), 0, group)
     return out
+
+
+def _sentences(parts: list[str]) -> str:
+    return ". ".join(p.rstrip(".;: ") for p in parts if p.rstrip(".;: "))
 
 
 def card_text(body: Any, parts: list[str] | None = None) -> str:
     """The searchable text of a card: its descriptive strings as sentences."""
     if parts is None:
         parts = card_parts(body)
-    return ". ".join(p.rstrip(".;: ") for p in parts if p.rstrip(".;: "))
+    return _sentences(parts)
 
 
 MAX_PARTS = 32
 
 
 def embed_texts(body: Any) -> list[str]:
-    """What is embedded for a card: the whole card text first, then each descriptive string
-    of two or more words on its own (at most ``MAX_PARTS``; none when there is only one).  A card scores
-    ``(1 - PART_WEIGHT) * cos(query, card) + PART_WEIGHT * max cos(query, part)``, so a query
-    that matches one skill of a many-skill card is not drowned by the rest of the card."""
-    parts = card_parts(body)
-    full = card_text(body, parts)
+    """What is embedded for a card: the whole card text first, then its parts - each skill
+    (an object in a list: name, description, tags, examples as one text) and each other
+    descriptive string of two or more words (at most ``MAX_PARTS``; none when there is only
+    one).  A card scores ``(1 - PART_WEIGHT) * cos(query, card) + PART_WEIGHT * max cos(query,
+    part)``, so a query that matches one skill of a many-skill card is not drowned by the rest
+    of the card.
+
+    One part per skill rather than one per string: on tests/data/registry_eval.json the same
+    recall (R@1 0.880, MRR 0.921 -> 0.922) from 113 parts instead of 158, so the exact scan has
+    fewer rows, and a card of up to ~30 skills has all of them as parts (one string each, its
+    skills past the ~15th had none and the card text is cut at 256 tokens)."""
+    full = card_text(body)
     # single words (tags, one-word names) are not sentences: as parts they only add noise
-    parts = [p for p in parts if len(p.split()) >= 2]
+    parts = [p for p in card_parts(body, group=True) if len(p.split()) >= 2]
     if len(parts) <= 1:
         return [full]
     return [full] + parts[:MAX_PARTS]
