@@ -44,10 +44,10 @@ ms at 50 k (45.8 MB), off the event loop.
 
 The exact scan scores the parts too (``scores``): about 0.06 ms per 1 000 part rows on top of the
 cards' (``/tmp`` micro-benchmark, 10 k cards, one pinned core, 300 random queries, need 20, p50):
-0.66 ms with no parts, 1.99 ms with 1.6 parts per card (the evaluation cards' average), 4.02 ms
-with 5; the former two-stage search (cards, then the parts of the best 64) took 0.71 / 0.83 /
-0.91 ms but could miss a card matching by one part and gave pages that overlap.  At need 1000 the
-exact scan is faster (2.39 vs 4.61 ms at 1.6 parts).
+0.66 ms with no parts, 1.99 ms with 1.6 parts per card, 2.49 ms with 2.6 (the evaluation cards'
+average), 4.02 ms with 5; the former two-stage search (cards, then the parts of the best 64) took
+0.71 / 0.83 / 0.88 / 0.91 ms but could miss a card matching by one part and gave pages that
+overlap.  At need 1000 the exact scan is faster (3.21 vs 5.38 ms at 2.6 parts).
 
 At start the owner restores the file only if its size/crc32/ndim/tag match the meta record;
 then it reconciles the keys with LMDB (adds what is missing, removes what is gone).  A missing,
