@@ -12,8 +12,10 @@ database        key                                             value
                 ``index``                                       JSON about the published usearch file
 =============== =============================================== ==========================================
 
-A record is ``HDR`` (format version, registration time, vector id or 0 while the card waits for
-its embedding, and the lengths of the four parts) followed by: the body as registered (compact
+A record is ``HDR`` (format version - its high bit ``OWN_SEARCH_KEYS`` set when the card has its
+own top-level ``agent_id``, ``score`` or a non-string ``description``, which list-all returns in
+place of the prefix's -, registration time, vector id or 0 while the card waits for its
+embedding, and the lengths of the four parts) followed by: the body as registered (compact
 JSON), the DISCOVER entry prefix (the body's members with ``name``/``agent_info``/``agent_id``/
 ``description`` set, without the braces, so replies are spliced without re-encoding), the
 searchable text, and the mailbox.
@@ -32,6 +34,7 @@ TENANT_ID = "default"
 
 HDR = struct.Struct("<BdQIIII")
 RECORD_VERSION = 1
+OWN_SEARCH_KEYS = 0x80  # flag in the version byte (see the module docstring)
 VEC_ID_OFFSET = 9  # offset of the u64 vector id inside HDR
 U64BE = struct.Struct(">Q")
 U64LE = struct.Struct("<Q")
@@ -68,11 +71,12 @@ def mailbox_prefix(mailbox: str) -> bytes:
 
 
 def pack_record(reg_time: float, vec_id: int, body: bytes, prefix: bytes, text: str,
-                mailbox: str) -> bytes:
+                mailbox: str, own_search_keys: bool = False) -> bytes:
     t = text.encode()
     m = mailbox.encode()
-    return b"".join((HDR.pack(RECORD_VERSION, reg_time, vec_id, len(body), len(prefix), len(t),
-                              len(m)), body, prefix, t, m))
+    v = RECORD_VERSION | (OWN_SEARCH_KEYS if own_search_keys else 0)
+    return b"".join((HDR.pack(v, reg_time, vec_id, len(body), len(prefix), len(t), len(m)),
+                     body, prefix, t, m))
 
 
 class Record(NamedTuple):

@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -704,6 +703,9 @@ class Registry:
         desc = body.get("description")
         if not isinstance(desc, str):
             desc = _payload_description(body.get("payload"))
+        # list-all keeps the card's own values of the keys that only search modes set
+        own_keys = ("agent_id" in body or "score" in body
+                    or ("description" in body and not isinstance(body["description"], str)))
         entry = {k: v for k, v in body.items() if k not in ENTRY_KEYS}
         entry["name"] = name
         entry["agent_info"] = info
@@ -743,7 +745,7 @@ class Registry:
             if vec is not None:
                 vid = self._next_vec_id(txn)
                 txn.put(R.U64BE.pack(vid), R.pack_vec(tag, vec), db=self.db_vec)
-            txn.put(key, R.pack_record(now, vid, body_json, prefix, text, mailbox),
+            txn.put(key, R.pack_record(now, vid, body_json, prefix, text, mailbox, own_keys),
                     db=self.db_agents)
             if mailbox:
                 txn.put(R.mailbox_key(mailbox, name), b"", db=self.db_mailbox)
@@ -1034,14 +1036,12 @@ class Registry:
         ``score`` None means a listing (list-all), where the card keeps its own ``agent_id``,
         ``description`` and ``score`` (PROTOCOL.md §7.4: the registry sets those in search
         modes only)."""
-        _v, _t, _vid, lb, lp, _lt, _lm = _HDR_UNPACK(raw, 0)
+        v, _t, _vid, lb, lp, _lt, _lm = _HDR_UNPACK(raw, 0)
         start = _HDR_SIZE + lb
         out.append(b",{" if out else b"{")
         prefix = raw[start:start + lp]
-        if score is None:
-            body = raw[_HDR_SIZE:start]
-            if _OWN_SEARCH_KEYS.search(body):
-                prefix = _listing_prefix(bytes(body), bytes(prefix))
+        if score is None and v & R.OWN_SEARCH_KEYS:
+            prefix = _listing_prefix(bytes(raw[_HDR_SIZE:start]), bytes(prefix))
         out.append(prefix)
         if score is not None:
             out.append(b',"score":%.6f' % score if score == score and abs(score) < 1e300
@@ -1053,11 +1053,6 @@ class Registry:
             out.append(b',"last_report":')
             out.append(rep[8:])
             out.append(b',"last_report_time":%d}' % _F64_UNPACK(rep, 0)[0])
-
-
-#: a card that may have its own value for a key the search modes set: ``agent_id`` or ``score``
-#: anywhere, or a ``description`` that is not a string (a string one is the entry's already)
-_OWN_SEARCH_KEYS = re.compile(rb'"(?:agent_id|score)":|"description":\s*[^"\s]')
 
 
 def _listing_prefix(body: bytes, prefix: bytes) -> bytes:
