@@ -130,6 +130,16 @@ async def test_entry_keys_override_body_keys(client):
     assert json.loads(e["agent_info"]) == body
 
 
+async def test_a_payload_of_deeply_nested_json_registers(client):
+    # the payload string is read as JSON for its text; nesting too deep for that is just text
+    body = {"name": "shape.deep.payload", "payload": "[" * 5000 + "]" * 5000,
+            "description": "Stacks nested crates"}
+    assert await req(client, "REGISTER", body) == {"error": ""}
+    e = by_name(await ok(client, "DISCOVER", {"text": "crates"}), "shape.deep.payload")
+    assert e["payload"] == body["payload"] and e["description"] == "Stacks nested crates"
+    assert "shape.deep.payload" in await names(client, {"semantic": "nested crates", "limit": 1000})
+
+
 async def test_listing_keeps_the_cards_own_search_keys(client):
     # PROTOCOL.md §7.4: the registry sets agent_id / description / score in search modes only;
     # list-all returns the card's own values
