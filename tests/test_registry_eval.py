@@ -28,9 +28,9 @@ async def test_eval_set_floor(shared_broker):
         return json.loads(msg.data)
 
     try:
-        results = await registry_eval.evaluate(request, data, modes=("text", "semantic"))
+        results = await registry_eval.evaluate(request, data)
         holdout = await registry_eval.evaluate(
-            request, registry_eval.load_set(registry_eval.HOLDOUT_SET), modes=("semantic",))
+            request, registry_eval.load_set(registry_eval.HOLDOUT_SET), modes=("semantic", "hybrid"))
     finally:
         await nc.close()
     sem, text = results["semantic"], results["text"]
@@ -44,6 +44,12 @@ async def test_eval_set_floor(shared_broker):
     # BM25 is right whenever the intent shares words with the card, and silent otherwise
     assert text["by_kind"]["direct"]["recall@1"] >= 0.90, text["by_kind"]
     assert text["no_shared_token"]["recall@5"] == 0.0
-    # on the held-out set too (measured: 0.920 / 0.970)
-    assert holdout["semantic"]["recall@1"] >= 0.85, holdout["semantic"]
-    assert holdout["semantic"]["recall@5"] >= 0.95, holdout["semantic"]
+    # the default ranking (cosine + bounded keyword bonus) is never worse than vectors alone, on
+    # the set it was chosen on and on the held-out one (measured: 0.880 = 0.880 and 0.930 vs
+    # 0.920; MRR 0.924 = 0.924 and 0.954 vs 0.945)
+    for res in (results, holdout):
+        hyb, vec = res["hybrid"], res["semantic"]
+        assert hyb["recall@1"] >= vec["recall@1"] and hyb["recall@5"] >= vec["recall@5"], res
+        assert hyb["mrr"] >= vec["mrr"] - 1e-9, res
+    assert holdout["hybrid"]["recall@1"] >= 0.90, holdout["hybrid"]
+    assert holdout["hybrid"]["recall@5"] >= 0.95, holdout["hybrid"]

@@ -308,6 +308,42 @@ async def test_semantic_ranking_is_exact_and_its_pages_consistent(client):
         await ok(client, "UNREGISTER", {"name": b["name"]})
 
 
+async def test_default_ranking_adds_a_bounded_keyword_bonus(client):
+    # the default ranking of a semantic query is "hybrid": each card's cosine plus a bonus of at
+    # most 0.1 for the share of the query's keywords it holds - so among cards the vectors rank
+    # close together, the one that says what the query says comes first
+    cards = [{"name": "ledger.quasarix",
+              "payload": "Reconciles the Quasarix ledger against bank statements every night"},
+             {"name": "ledger.books",
+              "payload": "Reconciles accounting ledgers against bank statements every night"},
+             {"name": "ledger.audit",
+              "payload": "Audits general ledgers and flags unusual journal entries"}]
+    for c in cards:
+        await ok(client, "REGISTER", c)
+    query = {"semantic": "reconcile the Quasarix ledger", "limit": 1000}
+    default = await ok(client, "DISCOVER", query)
+    assert default == await ok(client, "DISCOVER", {**query, "ranking": "hybrid"})
+    vector = await ok(client, "DISCOVER", {**query, "ranking": "vector"})
+
+    def scores(reply):
+        return {c["name"]: by_name(reply, c["name"])["score"] for c in cards}
+
+    fused, cos = scores(default), scores(vector)
+    extra = {n: fused[n] - cos[n] for n in fused}
+    assert all(-1e-5 <= v <= 0.1 + 1e-5 for v in extra.values()), extra
+    # every keyword held > two of them ("reconcile", "ledger") > one ("ledger")
+    assert extra["ledger.quasarix"] > extra["ledger.books"] > extra["ledger.audit"] > 0
+    # (the pinned model puts the auditor a little nearer than the bookkeeper: 0.50 vs 0.47)
+    order = [e["name"] for e in vector["agents"] if e["name"].startswith("ledger.")]
+    assert order == ["ledger.quasarix", "ledger.audit", "ledger.books"]
+    order = [e["name"] for e in default["agents"] if e["name"].startswith("ledger.")]
+    assert order == ["ledger.quasarix", "ledger.books", "ledger.audit"]
+    bad = await req(client, "DISCOVER", {**query, "ranking": "rrf"})
+    assert bad["error"].startswith("invalid AGENT.DISCOVER payload: `ranking`"), bad
+    for c in cards:
+        await ok(client, "UNREGISTER", {"name": c["name"]})
+
+
 async def _pages(client, query: dict, limit: int) -> list[str]:
     out: list[str] = []
     page = 1

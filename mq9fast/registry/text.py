@@ -28,7 +28,7 @@ import heapq
 import json
 import math
 import re
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -460,6 +460,41 @@ class TextIndex:
             cand = np.flatnonzero(sc > 0)
             sc = sc[cand]
         return cand, sc
+
+    def keyword_bonus(self, query_tokens: Iterable[str], weight: float
+                      ) -> Callable[[list[str]], np.ndarray] | None:
+        """For hybrid ranking: a function giving, for a list of names, ``weight`` times the
+        share of the query's keyword weight that each document holds, ``min(1, BM25 / w(q))``
+        (0 for a name not indexed or matching nothing); None when no document matches.
+
+        ``w(q)`` is the sum of the idf of the query's distinct terms, known or not - the BM25
+        score of an average-length document holding each term once - so a paraphrase that
+        shares one common word with a card earns it a small bonus, and a query whose rare words
+        a card holds earns it nearly ``weight``.  The bonus is never above ``weight``: that is
+        what lets the vector search add it exactly to a few candidates (``VectorIndex.search``).
+        """
+        qt = set(query_tokens)
+        got = self._accumulate(qt)
+        if got is None:
+            return None
+        n = len(self.slot_of)
+        norm = sum(math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+                   for df in (self.df.get(t, 0) for t in qt))
+        cand, sc = got
+        if cand is None:
+            acc = sc
+        else:
+            acc = np.zeros(len(self.names), dtype=np.float32)
+            acc[cand] = sc
+        scale = weight / max(norm, 1e-9)
+        slot_of = self.slot_of
+
+        def bonus(names: list[str]) -> np.ndarray:
+            slots = np.array([slot_of.get(nm, -1) for nm in names], dtype=np.int64)
+            out = np.where(slots >= 0, acc[np.maximum(slots, 0)], 0.0) * scale
+            return np.minimum(out, weight).astype(np.float32)
+
+        return bonus
 
     def search(self, query_tokens: Iterable[str], need: int) -> tuple[list[tuple[str, float]], int]:
         """Top ``need`` as [(name, score)] by score desc then name; and the total."""

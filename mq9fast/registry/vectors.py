@@ -82,10 +82,17 @@ VIEW_MAX_DEAD = 1024
 VIEW_MAX_DELTA = 4096
 #: weight of the best-matching part in a card's score (see ``text.embed_texts``)
 PART_WEIGHT = 0.5
+#: hybrid ranking: the most a card's keyword match adds to its score (``text.keyword_bonus``);
+#: chosen on tests/data/registry_eval.json, checked on registry_eval_holdout.json
+#: (benchmarks/registry_eval.py)
+BONUS_MAX = 0.1
 SAVE_DELAY = 1.0
 #: seconds before a failed save (e.g. a full disk) is tried again
 SAVE_RETRY = 5.0
 INDEX_FILE = "registry.usearch"
+
+#: names -> the keyword bonus of each (``text.TextIndex.keyword_bonus``)
+Bonus = Callable[[list], np.ndarray]
 
 
 def _grown(a: np.ndarray, cap: int, used: int) -> np.ndarray:
@@ -405,23 +412,38 @@ class VectorIndex:
         out[has] = (1.0 - PART_WEIGHT) * out[has] + PART_WEIGHT * best
         return out
 
-    def search(self, q: np.ndarray, need: int) -> list[tuple[str, float]]:
+    def search(self, q: np.ndarray, need: int, bonus: Bonus | None = None
+               ) -> list[tuple[str, float]]:
         """The best ``need`` cards as [(name, score)], best first (ties by name).
 
         Exact: every card and every part is scored (``scores``), so the ranking is one total
         order and pages of it never overlap or skip - a card whose one matching skill is
-        drowned in its whole-card vector by twenty others still ranks by that skill."""
+        drowned in its whole-card vector by twenty others still ranks by that skill.
+
+        ``bonus`` (hybrid ranking, ``text.TextIndex.keyword_bonus``) adds at most ``BONUS_MAX``
+        to a card's score, so a card scoring below the need-th best by more than that cannot
+        reach the top ``need``: only the cards within ``BONUS_MAX`` of the cut get their bonus
+        looked up, and the fused ranking is still exact."""
         if not self.slot_of or need <= 0:
             return []
         final = self.scores(q.astype(np.float32))
         n = len(self.names)
-        if self.n_dead:
-            live = np.flatnonzero(self.alive[:n])
+        live = np.flatnonzero(self.alive[:n]) if self.n_dead else np.arange(n)
+        if bonus is None:
             return top_named(live, final[live], need, self.names)
-        return top_named(np.arange(n), final, need, self.names)
+        if need < len(live):
+            cut = np.partition(final[live], len(live) - need)[len(live) - need]
+            live = live[final[live] >= cut - BONUS_MAX]
+        return top_named(live, final[live] + self._bonus(live, bonus), need, self.names)
 
-    def _final(self, q: np.ndarray, cand, card_scores) -> list[tuple[str, float]]:
+    def _bonus(self, slots: np.ndarray, bonus: Bonus) -> np.ndarray:
+        return bonus([self.names[s] for s in slots.tolist()])
+
+    def _final(self, q: np.ndarray, cand, card_scores, bonus: Bonus | None = None
+               ) -> list[tuple[str, float]]:
         final = self.rescore(q, cand, card_scores)
+        if bonus is not None:
+            final = final + self._bonus(cand, bonus)
         out = [(self.names[s], float(v)) for s, v in zip(cand.tolist(), final.tolist())
                if self.names[s] is not None]
         out.sort(key=lambda x: (-x[1], x[0]))
@@ -457,7 +479,8 @@ class VectorIndex:
         return (self.view is not None and self.view_dead <= VIEW_MAX_DEAD
                 and len(self.view_delta) <= max(VIEW_MAX_DELTA, len(self.slot_of) // 8))
 
-    def search_view(self, q: np.ndarray, need: int) -> list[tuple[str, float]]:
+    def search_view(self, q: np.ndarray, need: int, bonus: Bonus | None = None
+                    ) -> list[tuple[str, float]]:
         """Like ``search``, with the view's HNSW graph instead of the full scan as first stage.
 
         Candidates = the view's approximate nearest keys that are still live (fetched with a
@@ -489,7 +512,7 @@ class VectorIndex:
         if len(cand) > cand_n:
             top = np.argpartition(-card, cand_n - 1)[:cand_n]
             cand, card = cand[top], card[top]
-        return self._final(q, cand, card)
+        return self._final(q, cand, card, bonus)
 
     # -- usearch mirror (the owner process) -----------------------------------------------------
     def attach(self, pool: ThreadPoolExecutor, path: str, meta: dict | None) -> asyncio.Future:
@@ -599,7 +622,8 @@ class VectorIndex:
     def idle(self) -> bool:
         return self._busy == 0 and not self._ops
 
-    async def search_usearch(self, q: np.ndarray, need: int) -> list[tuple[str, float]] | None:
+    async def search_usearch(self, q: np.ndarray, need: int, bonus: Bonus | None = None
+                             ) -> list[tuple[str, float]] | None:
         """Approximate first stage on the usearch mirror (then the exact part rescoring), or None
         when the mirror is not usable right now."""
         if self.usearch is None or not self.idle or self._pool is None:
@@ -616,7 +640,7 @@ class VectorIndex:
         cand = np.array([s for s in slots if s is not None], dtype=np.int64)
         if not len(cand):
             return []
-        return self._final(q, cand, self.matrix[cand] @ q)
+        return self._final(q, cand, self.matrix[cand] @ q, bonus)
 
 
 def meta_dumps(meta: dict) -> bytes:
