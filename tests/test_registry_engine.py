@@ -343,6 +343,12 @@ def test_keyword_bonus_is_a_bounded_share_of_the_query_weight():
     # one-term queries (the sparse path) and removals
     one = idx.keyword_bonus(T.tokens("radar"), 0.1)
     assert one(["rain", "weather"]).tolist() == pytest.approx([0.1, 0.0])
+    # a bonus built before other documents came in (another worker's REGISTER applied in
+    # between) gives them none, and its own documents what they had
+    early = idx.keyword_bonus(T.tokens("radar maps"), 0.1)
+    for i in range(200):
+        idx.upsert(f"late{i}", T.tokens("radar maps late"))
+    assert early(["late0", "late199", "rain"]).tolist() == pytest.approx([0.0, 0.0, 0.1])
     idx.remove("ledger")
     after = idx.keyword_bonus(T.tokens("quasarix"), 0.1)
     assert after is None

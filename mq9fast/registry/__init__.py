@@ -81,14 +81,15 @@ Liveness
 
 DISCOVER
     ``semantic`` ranks every agent by cosine similarity plus a bounded keyword bonus (no
-    threshold; agents still waiting for a vector come last); ``text`` ranks agents sharing at least one token by BM25 (then by name);
-    otherwise all agents by name.  ``limit`` (default 20, at most 1000) and ``page`` apply in every
-    mode.  Entries are the stored body with ``name``, ``agent_info``, ``agent_id``, ``description``,
-    ``score`` (search modes), ``last_report`` and ``last_report_time`` set; replies are spliced
-    from pre-encoded JSON.  Extension: ``"ranking": "vector" | "hybrid"`` picks the semantic
-    ranking: the cosine alone, or (the default, chosen on the evaluation sets, see
-    benchmarks/registry_eval.py) the cosine plus a keyword bonus of at most ``BONUS_MAX``, the
-    share of the query's keyword weight the card holds (``text.TextIndex.keyword_bonus``).
+    threshold; agents still waiting for a vector come last); ``text`` ranks agents sharing at
+    least one token by BM25 (then by name); otherwise all agents by name.  ``limit`` (default
+    20, at most 1000) and ``page`` apply in every mode.  Entries are the stored body with
+    ``name``, ``agent_info``, ``agent_id``, ``description``, ``score`` (search modes),
+    ``last_report`` and ``last_report_time`` set; replies are spliced from pre-encoded JSON.
+    Extension: ``"ranking": "vector" | "hybrid"`` picks the semantic ranking: the cosine alone,
+    or (the default, chosen on the evaluation sets, see benchmarks/registry_eval.py) the cosine
+    plus a keyword bonus of at most ``BONUS_MAX``, the share of the query's keyword weight the
+    card holds (``text.TextIndex.keyword_bonus``).
 """
 from .registry import Registry
 

@@ -887,11 +887,9 @@ class Registry:
                 approx = await vec.search_usearch(qv, skip + limit + 64)
         elif large:
             self._check_view(vec)
-        # (after the last await: the bonus reads the BM25 index in step with ``_collect``)
-        bonus = (self.text.keyword_bonus(tokens(query), BONUS_MAX) if ranking == "hybrid"
-                 else None)
+        qt = tokens(query) if ranking == "hybrid" else None
 
-        def first(need: int) -> list[tuple[str, float]]:
+        def first(need: int, bonus) -> list[tuple[str, float]]:
             # a non-owner's view: searched after ``_refresh``, so the vectors newer than the
             # file are in ``view_delta`` and the deleted ones are filtered out
             if not self.owner and len(vec) > self.brute_max and vec.view_usable():
@@ -901,12 +899,14 @@ class Registry:
             return vec.search(qv, need, bonus)
 
         def rank(need: int) -> tuple[list[tuple[str, float]], int]:
+            # (the bonus reads the BM25 index as ``_collect`` refreshed it, just before)
+            bonus = self.text.keyword_bonus(qt, BONUS_MAX) if qt is not None else None
             total = len(vec) + len(self.pending)
             if (approx is not None and need <= len(approx) and self.vec is vec
                     and self.applied_seq == approx_seq):  # (nothing changed during the search)
                 ranked = approx if bonus is None else _add_bonus(approx, bonus)
             else:
-                ranked = first(need)
+                ranked = first(need, bonus)
             if len(ranked) < need and self.pending:
                 ranked = ranked + [(n, 0.0) for n in sorted(self.pending)]
             return ranked, total

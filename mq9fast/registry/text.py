@@ -490,8 +490,10 @@ class TextIndex:
         slot_of = self.slot_of
 
         def bonus(names: list[str]) -> np.ndarray:
+            # (a name indexed after this pass has a slot past ``acc``: no bonus)
             slots = np.array([slot_of.get(nm, -1) for nm in names], dtype=np.int64)
-            out = np.where(slots >= 0, acc[np.maximum(slots, 0)], 0.0) * scale
+            known = (slots >= 0) & (slots < len(acc))
+            out = np.where(known, acc[np.where(known, slots, 0)], 0.0) * scale
             return np.minimum(out, weight).astype(np.float32)
 
         return bonus

@@ -430,7 +430,7 @@ class VectorIndex:
         n = len(self.names)
         live = np.flatnonzero(self.alive[:n]) if self.n_dead else np.arange(n)
         if bonus is None:
-            return top_named(live, final[live], need, self.names)
+            return top_named(live, final[live] if self.n_dead else final, need, self.names)
         if need < len(live):
             cut = np.partition(final[live], len(live) - need)[len(live) - need]
             live = live[final[live] >= cut - BONUS_MAX]
