@@ -53,7 +53,8 @@ def _dumps(value: Any) -> str:
 
 def _add_bonus(ranked: list[tuple[str, float]], bonus: Callable[[list], Any]
                ) -> list[tuple[str, float]]:
-    """``ranked`` (name, score) with each name's keyword bonus added, re-sorted."""
+    """``ranked`` (name, score) with each name's keyword bonus added, re-sorted: hybrid
+    ranking over the candidates of an approximate search (the exact one adds it itself)."""
     extra = bonus([n for n, _ in ranked]).tolist()
     out = [(n, v + e) for (n, v), e in zip(ranked, extra)]
     out.sort(key=lambda x: (-x[1], x[0]))
@@ -893,9 +894,9 @@ class Registry:
             # a non-owner's view: searched after ``_refresh``, so the vectors newer than the
             # file are in ``view_delta`` and the deleted ones are filtered out
             if not self.owner and len(vec) > self.brute_max and vec.view_usable():
-                got = vec.search_view(qv, need, bonus)
+                got = vec.search_view(qv, need)
                 if len(got) >= min(need, len(vec)):
-                    return got
+                    return got if bonus is None else _add_bonus(got, bonus)
             return vec.search(qv, need, bonus)
 
         def rank(need: int) -> tuple[list[tuple[str, float]], int]:

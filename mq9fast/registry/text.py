@@ -265,6 +265,11 @@ DENSE_CACHE_BYTES = 64 << 20
 PRESELECT = 0.7
 
 
+def _idf(n: int, df: int) -> float:
+    """BM25's idf of a term in ``df`` of ``n`` documents (> 0, also for df = 0)."""
+    return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+
 class _Postings:
     __slots__ = ("slots", "tfs", "a_slots", "a_tfs")
 
@@ -386,8 +391,7 @@ class TextIndex:
         p = self.postings.get(t)
         if p is None:
             return None
-        df = self.df[t]
-        idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        idf = _idf(n, self.df[t])
         s, tf = p.arrays()
         norm = tf + K1 * (1.0 - B + B * (self.doc_len[s] / avgdl))
         contrib = (idf * (K1 + 1.0)) * tf / norm
@@ -478,8 +482,7 @@ class TextIndex:
         if got is None:
             return None
         n = len(self.slot_of)
-        norm = sum(math.log(1.0 + (n - df + 0.5) / (df + 0.5))
-                   for df in (self.df.get(t, 0) for t in qt))
+        norm = sum(_idf(n, self.df.get(t, 0)) for t in qt)
         cand, sc = got
         if cand is None:
             acc = sc

@@ -423,7 +423,8 @@ class VectorIndex:
         ``bonus`` (hybrid ranking, ``text.TextIndex.keyword_bonus``) adds at most ``BONUS_MAX``
         to a card's score, so a card scoring below the need-th best by more than that cannot
         reach the top ``need``: only the cards within ``BONUS_MAX`` of the cut get their bonus
-        looked up, and the fused ranking is still exact."""
+        looked up, and the fused ranking is still exact.  (The approximate searches leave the
+        bonus to their caller: ``Registry`` adds it to their candidates.)"""
         if not self.slot_of or need <= 0:
             return []
         final = self.scores(q.astype(np.float32))
@@ -431,19 +432,15 @@ class VectorIndex:
         live = np.flatnonzero(self.alive[:n]) if self.n_dead else np.arange(n)
         if bonus is None:
             return top_named(live, final[live] if self.n_dead else final, need, self.names)
+        fl = final[live]
         if need < len(live):
-            cut = np.partition(final[live], len(live) - need)[len(live) - need]
-            live = live[final[live] >= cut - BONUS_MAX]
-        return top_named(live, final[live] + self._bonus(live, bonus), need, self.names)
+            near = fl >= np.partition(fl, len(live) - need)[len(live) - need] - BONUS_MAX
+            live, fl = live[near], fl[near]
+        fl = fl + bonus([self.names[s] for s in live.tolist()])
+        return top_named(live, fl, need, self.names)
 
-    def _bonus(self, slots: np.ndarray, bonus: Bonus) -> np.ndarray:
-        return bonus([self.names[s] for s in slots.tolist()])
-
-    def _final(self, q: np.ndarray, cand, card_scores, bonus: Bonus | None = None
-               ) -> list[tuple[str, float]]:
+    def _final(self, q: np.ndarray, cand, card_scores) -> list[tuple[str, float]]:
         final = self.rescore(q, cand, card_scores)
-        if bonus is not None:
-            final = final + self._bonus(cand, bonus)
         out = [(self.names[s], float(v)) for s, v in zip(cand.tolist(), final.tolist())
                if self.names[s] is not None]
         out.sort(key=lambda x: (-x[1], x[0]))
@@ -479,8 +476,7 @@ class VectorIndex:
         return (self.view is not None and self.view_dead <= VIEW_MAX_DEAD
                 and len(self.view_delta) <= max(VIEW_MAX_DELTA, len(self.slot_of) // 8))
 
-    def search_view(self, q: np.ndarray, need: int, bonus: Bonus | None = None
-                    ) -> list[tuple[str, float]]:
+    def search_view(self, q: np.ndarray, need: int) -> list[tuple[str, float]]:
         """Like ``search``, with the view's HNSW graph instead of the full scan as first stage.
 
         Candidates = the view's approximate nearest keys that are still live (fetched with a
@@ -512,7 +508,7 @@ class VectorIndex:
         if len(cand) > cand_n:
             top = np.argpartition(-card, cand_n - 1)[:cand_n]
             cand, card = cand[top], card[top]
-        return self._final(q, cand, card, bonus)
+        return self._final(q, cand, card)
 
     # -- usearch mirror (the owner process) -----------------------------------------------------
     def attach(self, pool: ThreadPoolExecutor, path: str, meta: dict | None) -> asyncio.Future:
@@ -622,8 +618,7 @@ class VectorIndex:
     def idle(self) -> bool:
         return self._busy == 0 and not self._ops
 
-    async def search_usearch(self, q: np.ndarray, need: int, bonus: Bonus | None = None
-                             ) -> list[tuple[str, float]] | None:
+    async def search_usearch(self, q: np.ndarray, need: int) -> list[tuple[str, float]] | None:
         """Approximate first stage on the usearch mirror (then the exact part rescoring), or None
         when the mirror is not usable right now."""
         if self.usearch is None or not self.idle or self._pool is None:
@@ -640,7 +635,7 @@ class VectorIndex:
         cand = np.array([s for s in slots if s is not None], dtype=np.int64)
         if not len(cand):
             return []
-        return self._final(q, cand, self.matrix[cand] @ q, bonus)
+        return self._final(q, cand, self.matrix[cand] @ q)
 
 
 def meta_dumps(meta: dict) -> bytes:
